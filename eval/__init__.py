@@ -1,0 +1,1 @@
+"""Evaluation (installed as posttrain.eval): the eval stage, lm-eval glue, local task suites, reports."""

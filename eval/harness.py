@@ -1,0 +1,90 @@
+"""lm-eval glue: evaluate one in-memory model on local suites and lm-eval tasks.
+
+Every model of a run goes through `evaluate_model` with the same `EvalSettings`, so the
+chat template, generation settings and seeds are identical and recorded beside the scores.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+from posttrain.eval.suites import lm_eval_task_config, load_task_spec, local_tasks
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_new_tokens: int
+    batch_size: int
+    system_prompt: str | None
+    num_fewshot: int
+    seed: int
+    apply_chat_template: bool = True
+    decoding: str = "greedy"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _quiet_lm_eval() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    import lm_eval.evaluator
+
+    # lm-eval shells out to `git describe` and torch's collect_env for its provenance
+    # record; neither says anything about our models, and together they cost ~1 s per call.
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    lm_eval.evaluator.add_env_info = lambda results: None
+
+
+def evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettings) -> dict:
+    """Scores per task: {task: {metric: value, metric_stderr: value, n: count}} and per-document samples."""
+    _quiet_lm_eval()
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    local = local_tasks()
+    stop = [tokenizer.eos_token] if tokenizer.eos_token else []
+    tasks = [
+        lm_eval_task_config(load_task_spec(local[name]), settings.max_new_tokens, stop) if name in local else name
+        for name in task_names
+    ]
+    model.eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
+              max_length=min(tokenizer.model_max_length, 4096))
+    # HFLM's generation bar ignores TQDM_DISABLE.
+    lm.generate_until = functools.partial(lm.generate_until, disable_tqdm=True)
+    only_local = all(name in local for name in task_names)
+    output = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        # Indexing lm-eval's ~10k built-in tasks takes seconds; skip it when all tasks are ours.
+        task_manager=TaskManager(include_defaults=not only_local),
+        num_fewshot=settings.num_fewshot if not only_local else None,
+        apply_chat_template=settings.apply_chat_template,
+        system_instruction=settings.system_prompt,
+        fewshot_as_multiturn=settings.num_fewshot > 0,
+        log_samples=True,
+        bootstrap_iters=1000,
+        random_seed=settings.seed, numpy_random_seed=settings.seed,
+        torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
+    )
+    scores, samples = {}, {}
+    for task in task_names:
+        raw = output["results"][task]
+        n = output["n-samples"][task]["effective"]
+        task_scores = {"n": n}
+        for key, value in raw.items():
+            if "," not in key or key.startswith("alias"):
+                continue
+            metric = key.split(",")[0]
+            task_scores[metric] = None if value == "N/A" else value
+        scores[task] = task_scores
+        samples[task] = [
+            {"prompt": s["doc"].get("prompt", s["arguments"][0][0]), "response": s["filtered_resps"][0], "target": s["target"]}
+            for s in output["samples"][task]
+        ]
+    return {"scores": scores, "samples": samples, "higher_is_better": output["higher_is_better"]}

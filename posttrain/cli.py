@@ -1,0 +1,129 @@
+"""The `posttrain` command: run, validate and plan recipes.
+
+typer parses the command line; user errors (PosttrainError) print as one line and exit
+with status 2, bugs keep their traceback, and `--debug` shows the traceback for both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from posttrain.errors import PosttrainError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Post-train a language model from one recipe: SFT, preference alignment, evaluation.")
+console = Console()
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/chat.yaml.")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Profile choosing the stages, e.g. internal or public.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe field: key.path=value (repeatable).")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default runs/<recipe name>/).")]
+
+
+def _offline_defaults() -> None:
+    # Nothing in a recipe run should wait on a hub it cannot reach; users who want hub
+    # models online set HF_HUB_OFFLINE=0 explicitly.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _load(recipe: Path, profile: str | None, overrides: list[str] | None):
+    from posttrain.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [], profile)
+
+
+def _run_dir(recipe, output: Path | None) -> Path:
+    return output or Path("runs") / recipe.name
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Re-run this stage even if cached (repeatable).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of live progress (for CI).")] = False,
+):
+    """Run a recipe's stages in order, skipping those whose fingerprint is unchanged."""
+    from posttrain.eval.report import metrics_table
+    from posttrain.pipeline import Pipeline
+    from posttrain.progress import ProgressReporter
+
+    plan = _load(recipe, profile, set_)
+    reporter = ProgressReporter(quiet=quiet)
+    pipeline = Pipeline(plan, _run_dir(plan, output), reporter, force=tuple(force or ()))
+    results = pipeline.run()
+    header, rows = metrics_table(results)
+    if rows:
+        table = Table(title=f"{plan.name} ({plan.profile or 'all stages'}): held-out evaluation")
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"run directory: {pipeline.run_dir}  (results.json, report.md)")
+
+
+@app.command()
+def validate(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None):
+    """Check a recipe (keys, types, stage kinds, references, data paths) without loading a model."""
+    plan = _load(recipe, profile, set_)
+    console.print(f"{recipe}: ok ({len(plan.stages)} stages: {', '.join(s.name for s in plan.stages)})")
+
+
+@app.command()
+def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, output: OutputOpt = None):
+    """Show the stages that would run, in order, with their models, data and cache state."""
+    from posttrain.pipeline import Pipeline
+
+    recipe_plan = _load(recipe, profile, set_)
+    pipeline = Pipeline(recipe_plan, _run_dir(recipe_plan, output))
+    table = Table(title=f"{recipe_plan.name}: profile {recipe_plan.profile or '(all stages)'} -> {pipeline.run_dir}")
+    for column in ("#", "stage", "kind", "starts from / evaluates", "data", "fingerprint", "state"):
+        table.add_column(column)
+    for i, p in enumerate(pipeline.plan(), start=1):
+        source = pipeline.registry.describe(p.stage.parent) if p.stage.parent else ", ".join(p.stage.evaluated_models)
+        data = getattr(p.stage.config, "data", None) or ", ".join(getattr(p.stage.config, "tasks", []) or [])
+        table.add_row(str(i), p.stage.name, p.stage.kind, source, data, p.fingerprint, "cached" if p.cached else "will run")
+    console.print(table)
+
+
+def main() -> None:
+    _offline_defaults()
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app(standalone_mode=False)
+    except PosttrainError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click's usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+A `PosttrainError` is a mistake in the input (recipe, data, command line) or the
+environment; the CLI prints it as one line and exits non-zero. Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+
+class PosttrainError(Exception):
+    """A problem the user can fix; the message says what, where and how."""
+
+
+class RecipeError(PosttrainError):
+    pass
+
+
+class DataError(PosttrainError):
+    pass
+
+
+class StageError(PosttrainError):
+    pass
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,246 @@
+"""The pipeline walks a recipe's plan: fingerprint each stage, skip what is cached, run the rest.
+
+It knows nothing about SFT or DPO. Per stage it writes `<run>/<stage>/stage.json`
+(status, fingerprint, lineage, data accounting, metrics, wall time, peak memory); per
+run `results.json` and `report.md`. One run per directory, enforced by an OS lock that
+dies with its process (a crashed run never leaves it stuck).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import set_seed
+
+from posttrain.atomic import is_committed, write_json_atomic, write_text_atomic
+from posttrain.errors import PosttrainError
+from posttrain.progress import ProgressReporter
+from posttrain.recipe import BASE, PlannedStage, Recipe
+from posttrain.registry import ModelRegistry
+from posttrain.stage import StageContext, StageResult
+
+TRACKED_LIBRARIES = ["posttrain", "torch", "transformers", "trl", "peft", "datasets", "lm_eval", "accelerate"]
+
+
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            found[name] = version(name.replace("_", "-"))
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@dataclass
+class StagePlan:
+    stage: PlannedStage
+    fingerprint: str
+    cached: bool
+
+
+class PeakMemory:
+    """Samples this process's resident memory in a thread: the peak during one stage."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._process = psutil.Process()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def to_dict(self) -> dict:
+        out = {"peak_rss_mb": round(self.peak / 2**20, 1)}
+        if torch.cuda.is_available():
+            out["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return out
+
+
+class RunLock:
+    """An exclusive flock on <run>/.lock; the kernel releases it when the process dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            holder = self.path.read_text().strip() or "another process"
+            raise PosttrainError(f"{self.path.parent}: another run is using this directory ({holder}); wait for it or pass --output DIR") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"pid {os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, run_dir: Path, reporter: ProgressReporter | None = None, force: tuple[str, ...] = ()):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.reporter = reporter or ProgressReporter(quiet=True)
+        unknown = [f for f in force if f not in {s.name for s in recipe.stages}]
+        if unknown:
+            raise PosttrainError(f"--force {unknown[0]}: no such stage in this plan; stages: {', '.join(s.name for s in recipe.stages)}")
+        self.force = set(force)
+        self.registry = ModelRegistry(self.run_dir, recipe.spec.base, recipe.spec.trust_remote_code, recipe.spec.seed)
+
+    # -- planning -------------------------------------------------------------
+    def stage_json_path(self, name: str) -> Path:
+        return self.run_dir / name / "stage.json"
+
+    def _read_manifest(self, name: str) -> dict | None:
+        try:
+            return json.loads(self.stage_json_path(name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def plan(self) -> list[StagePlan]:
+        versions = library_versions()
+        fingerprints = {BASE: hashlib.sha256(f"{self.recipe.spec.base}|seed={self.recipe.spec.seed}".encode()).hexdigest()[:16]}
+        plans = []
+        for stage in self.recipe.stages:
+            identity = {
+                "kind": stage.kind,
+                "config": stage.config.model_dump(mode="json", by_alias=True, exclude={"description"}),
+                "parent": fingerprints.get(stage.parent) if stage.parent else None,
+                "evaluated": {m: fingerprints[m] for m in stage.evaluated_models},
+                "inputs": stage.stage_cls.fingerprint_inputs(stage.config),
+                "versions": versions,
+            }
+            fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+            fingerprints[stage.name] = fingerprint
+            manifest = self._read_manifest(stage.name)
+            cached = (
+                stage.name not in self.force
+                and manifest is not None
+                and manifest.get("status") == "completed"
+                and manifest.get("fingerprint") == fingerprint
+                and (not stage.stage_cls.produces_model or is_committed(self.registry.model_dir(stage.name)))
+            )
+            plans.append(StagePlan(stage, fingerprint, cached))
+        return plans
+
+    # -- running --------------------------------------------------------------
+    def run(self) -> dict:
+        with RunLock(self.run_dir):
+            if self.recipe.spec.trust_remote_code:
+                self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
+            plans = self.plan()
+            summaries = {}
+            for plan in plans:
+                summaries[plan.stage.name] = self._run_stage(plan, plans)
+            results = self._collect_results(plans, summaries)
+            write_json_atomic(self.run_dir / "results.json", results)
+            from posttrain.eval.report import render_markdown
+
+            write_text_atomic(self.run_dir / "report.md", render_markdown(results))
+            return results
+
+    def _run_stage(self, plan: StagePlan, plans: list[StagePlan]) -> dict:
+        stage = plan.stage
+        if plan.cached:
+            self.reporter.message(f"[dim]{stage.name} ({stage.kind}): cached, fingerprint {plan.fingerprint}[/]")
+            manifest = self._read_manifest(stage.name)
+            manifest["cached"] = True
+            return manifest
+
+        stage_dir = self.run_dir / stage.name
+        fingerprints = {p.stage.name: p.fingerprint for p in plans}
+        manifest = {
+            "name": stage.name,
+            "kind": stage.kind,
+            "status": "running",
+            "fingerprint": plan.fingerprint,
+            "parent": stage.parent,
+            "parent_fingerprint": fingerprints.get(stage.parent),
+            "evaluated_models": stage.evaluated_models or None,
+            "base": self.recipe.spec.base,
+            "config": stage.config.model_dump(mode="json", by_alias=True),
+            "versions": library_versions(),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(self.stage_json_path(stage.name), manifest)
+        self.reporter.message(f"[bold]{stage.name}[/] ({stage.kind}) from {stage.parent or ', '.join(stage.evaluated_models)}")
+        context = StageContext(
+            name=stage.name, config=stage.config, parent=stage.parent, recipe=self.recipe,
+            stage_dir=stage_dir, registry=self.registry, progress=self.reporter,
+            evaluated_models=stage.evaluated_models,
+        )
+        set_seed(self.recipe.spec.seed)
+        started = time.perf_counter()
+        try:
+            with PeakMemory() as memory:
+                result: StageResult = stage.stage_cls().run(context)
+            if stage.stage_cls.produces_model:
+                manifest["tokenizer_fingerprint"] = self.registry.check_tokenizer_carried(stage.parent, stage.name)
+        except BaseException as e:
+            manifest.update(status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                            wall_time_s=round(time.perf_counter() - started, 2))
+            write_json_atomic(self.stage_json_path(stage.name), manifest)
+            raise
+        manifest.update(
+            status="completed",
+            wall_time_s=round(time.perf_counter() - started, 2),
+            memory=memory.to_dict(),
+            data=result.data.to_dict() if result.data else None,
+            metrics=result.metrics,
+            curves=result.curves,
+            evaluation=result.evaluation,
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        if result.data:
+            d = result.data
+            dropped = ", ".join(f"{k} {v}" for k, v in d.dropped.items()) or "none"
+            self.reporter.message(f"  data: {d.rows_read} rows read, {d.rows_used} used, {d.examples_used} examples; dropped: {dropped}")
+        write_json_atomic(self.stage_json_path(stage.name), manifest)
+        manifest["cached"] = False
+        return manifest
+
+    def _collect_results(self, plans: list[StagePlan], summaries: dict) -> dict:
+        evaluation = None
+        for plan in plans:
+            if summaries[plan.stage.name].get("evaluation"):
+                evaluation = summaries[plan.stage.name]["evaluation"]
+        return {
+            "recipe": self.recipe.name,
+            "recipe_path": str(self.recipe.path),
+            "profile": self.recipe.profile,
+            "run_dir": str(self.run_dir),
+            "stages": {
+                name: {k: s.get(k) for k in ("kind", "status", "cached", "fingerprint", "parent", "wall_time_s", "memory", "data", "metrics")}
+                for name, s in summaries.items()
+            },
+            "evaluation": evaluation,
+        }

@@ -1,0 +1,183 @@
+"""Recipes: load YAML safely, apply `--set` overrides, validate everything before any model loads.
+
+A recipe names a base model, a set of stages (each with a `kind` and its own typed
+config) and profiles that choose which stages run. Every problem is reported as one line
+naming the file and the key path, with the allowed values and a did-you-mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from posttrain.data.sources import check_source
+from posttrain.errors import PosttrainError, RecipeError, did_you_mean
+from posttrain.plugins import get_stage
+from posttrain.stage import Stage, StageConfig, TrainStageConfig
+
+BASE = "base"  # registry name of the recipe's starting model
+
+
+class ProfileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[str] = Field(description="Stage names to run, in recipe order.")
+    description: str = ""
+
+
+class RecipeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Run name; the run directory defaults to runs/<name>/.")
+    description: str = ""
+    base: str = Field(description="Starting model: builtin:<name>, a local directory, or a hub id.")
+    seed: int = 0
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust the repository.")
+    default_profile: str | None = None
+    profiles: dict[str, ProfileSpec] = Field(default_factory=dict)
+    stages: dict[str, dict] = Field(description="Stage name -> stage config (with a `kind`).")
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    kind: str
+    config: StageConfig
+    stage_cls: type[Stage]
+    parent: str | None  # training stages: registry name of the starting model
+    evaluated_models: list[str]  # eval stages: registry names to evaluate
+
+
+@dataclass
+class Recipe:
+    path: Path
+    spec: RecipeSpec
+    profile: str | None
+    stages: list[PlannedStage]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _field_names(model_cls: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model_cls.model_fields.items()]
+
+
+def _describe_validation_error(source: str, prefix: str, err: ValidationError, model_cls: type[BaseModel]) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc)
+    more = f" (+{err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        # Find the model that owns the bad key, to list what it accepts.
+        owner: type[BaseModel] = model_cls
+        for part in loc[:-1]:
+            field = owner.model_fields.get(part) or next((f for f in owner.model_fields.values() if f.alias == part), None)
+            annotation = getattr(field, "annotation", None)
+            inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not inner:
+                break
+            owner = inner[0]
+        allowed = _field_names(owner)
+        return f"{source}: {key}: unknown key{did_you_mean(loc[-1], allowed)}; allowed keys: {', '.join(allowed)}{more}"
+    if first["type"] == "missing":
+        return f"{source}: {key}: required key is missing{more}"
+    return f"{source}: {key}: {first['msg']} (got {first.get('input')!r}){more}"
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `--set a.b.c=value`; the value is parsed as YAML (numbers, bools, lists)."""
+    path, sep, value_text = assignment.partition("=")
+    if not sep or not path:
+        raise RecipeError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set stages.sft.epochs=2")
+    keys = path.split(".")
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {path}: '{'.'.join(keys[: i + 1])}' is a value, not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(value_text) if value_text else ""
+
+
+def read_recipe_file(path: Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping with name, base and stages")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> Recipe:
+    path = Path(path)
+    raw = read_recipe_file(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        spec = RecipeSpec.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_describe_validation_error(str(path), "", e, RecipeSpec)) from None
+
+    profile = profile or spec.default_profile
+    if profile is not None and profile not in spec.profiles:
+        raise RecipeError(f"{path}: profile '{profile}' is not defined{did_you_mean(profile, spec.profiles)}; profiles: {', '.join(spec.profiles) or '(none)'}")
+    selected = spec.profiles[profile].stages if profile else list(spec.stages)
+    for name in selected:
+        if name not in spec.stages:
+            raise RecipeError(f"{path}: profiles.{profile}.stages: '{name}' is not a stage{did_you_mean(name, spec.stages)}; stages: {', '.join(spec.stages)}")
+
+    planned: list[PlannedStage] = []
+    trained: list[str] = []  # training stages so far, in order
+    for name in [s for s in spec.stages if s in selected]:  # recipe order, whatever the profile's order
+        raw_stage = spec.stages[name]
+        if not isinstance(raw_stage, dict) or "kind" not in raw_stage:
+            raise RecipeError(f"{path}: stages.{name}: each stage needs a `kind`, e.g. kind: sft")
+        stage_cls = get_stage_or_explain(path, name, raw_stage["kind"])
+        try:
+            config = stage_cls.Config.model_validate(raw_stage)
+        except ValidationError as e:
+            raise RecipeError(_describe_validation_error(str(path), f"stages.{name}", e, stage_cls.Config)) from None
+
+        parent, evaluated = None, []
+        if isinstance(config, TrainStageConfig):
+            parent = config.from_ or (trained[-1] if trained else BASE)
+            if parent != BASE and parent not in trained:
+                hint = "it comes later in the recipe" if parent in spec.stages and parent in selected else (
+                    f"it is not in profile '{profile}'" if parent in spec.stages else f"no such stage{did_you_mean(parent, [BASE, *trained])}")
+                raise RecipeError(f"{path}: stages.{name}.from: '{parent}' is not an earlier training stage ({hint}); use 'base' or one of: {', '.join([BASE, *trained]) or BASE}")
+            try:
+                check_source(config.data)
+            except PosttrainError as e:
+                raise RecipeError(f"{path}: stages.{name}.data: {e}") from None
+            trained.append(name)
+        models = getattr(config, "models", None)
+        if models is not None:
+            evaluated = [BASE, *trained] if models == "all" else list(models)
+            for m in evaluated:
+                if m != BASE and m not in trained:
+                    raise RecipeError(f"{path}: stages.{name}.models: '{m}' is not an earlier training stage{did_you_mean(m, [BASE, *trained])}; choose from: {', '.join([BASE, *trained])}")
+        planned.append(PlannedStage(name, config.kind, config, stage_cls, parent, evaluated))
+    return Recipe(path=path, spec=spec, profile=profile, stages=planned)
+
+
+def get_stage_or_explain(path: Path, name: str, kind: str) -> type[Stage]:
+    try:
+        return get_stage(kind)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: stages.{name}.kind: {e}") from None

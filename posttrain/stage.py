@@ -1,0 +1,96 @@
+"""The stage contract: what every stage kind, built in or from a plugin, provides.
+
+A stage kind is a class with a `kind` name, a pydantic `Config` (validated before any
+model is loaded) and a `run(ctx)` that reads its parent through `ctx.registry`, does its
+work, saves its model through the registry when it trains one, and returns a
+`StageResult`. The pipeline handles caching, manifests and the run directory; a stage
+knows nothing about the stages around it beyond its parent's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from posttrain.data.accounting import DataAccounting
+    from posttrain.progress import ProgressReporter
+    from posttrain.recipe import Recipe
+    from posttrain.registry import ModelRegistry
+
+
+class StageConfig(BaseModel):
+    """Fields every stage accepts. Unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: str = Field(description="Stage kind, e.g. sft, dpo, eval.")
+    description: str = Field("", description="Free text shown by `posttrain plan`.")
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear", description="Module names, or 'all-linear'.")
+
+
+class TrainStageConfig(StageConfig):
+    """Fields every training stage accepts (the common subset of TRL's trainer configs)."""
+
+    from_: str | None = Field(None, alias="from", description="Parent: 'base' or an earlier training stage. Default: the previous training stage.")
+    data: str = Field(description="A data file (JSONL/JSON) or a built-in source such as builtin:assistant_world/sft.")
+    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_length: int = Field(256, gt=0, description="Longest tokenized example; longer ones are truncated.")
+    lr_scheduler: str = Field("linear", description="Any transformers scheduler name, e.g. linear, cosine, constant.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    logging_steps: int = Field(5, gt=0)
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, list] = field(default_factory=dict)  # metric name -> [[step, value], ...]
+    data: DataAccounting | None = None
+    evaluation: dict[str, Any] | None = None  # eval stages: per-model scores and settings
+
+
+@dataclass
+class StageContext:
+    name: str
+    config: StageConfig
+    parent: str | None  # registry name of the model this stage starts from
+    recipe: Recipe
+    stage_dir: Path
+    registry: ModelRegistry
+    progress: ProgressReporter
+    evaluated_models: list[str] = field(default_factory=list)  # eval stages: what to evaluate
+
+
+class Stage:
+    kind: ClassVar[str]
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    produces_model: ClassVar[bool] = False
+
+    @classmethod
+    def fingerprint_inputs(cls, config: StageConfig) -> dict:
+        """Content hashes of what the stage reads besides its parent (its data, by default)."""
+        from posttrain.data.sources import source_digest
+
+        data = getattr(config, "data", None)
+        return {"data": source_digest(data)} if data else {}
+
+    def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
+        raise NotImplementedError

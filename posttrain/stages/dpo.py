@@ -1,0 +1,69 @@
+"""DPO: preference alignment with TRL's DPOTrainer on preference pairs or thumbs-up/down logs.
+
+The reference model is the parent checkpoint (the model this stage starts from), loaded
+explicitly, never silently the base; `reference: base` opts into the base model instead.
+With LoRA the reference is the same weights with the adapter disabled, which again is the
+parent, because a LoRA parent is saved merged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from datasets import Dataset
+from pydantic import Field
+from trl import DPOConfig, DPOTrainer
+
+from posttrain.data.convert import to_preference_pairs
+from posttrain.data.sources import load_rows
+from posttrain.recipe import BASE
+from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+from posttrain.training import callbacks, curves_from_log, final_metrics, peft_config, train, trainer_arguments
+
+
+class DPOStageConfig(TrainStageConfig):
+    beta: float = Field(0.1, gt=0, description="Strength of the KL pull towards the reference (must be > 0).")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss variant.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (robust / cDPO).")
+    reference: Literal["parent", "base"] = Field("parent", description="Reference model: the parent checkpoint, or the recipe's base.")
+    max_pairs_per_prompt: int = Field(8, gt=0, description="Cap on (liked, disliked) pairs built per prompt.")
+    max_drop_share: float = Field(0.5, ge=0, le=1, description="Fail when more than this share of rows is dropped.")
+
+
+class DPOStage(Stage):
+    kind = "dpo"
+    Config = DPOStageConfig
+    produces_model = True
+
+    def run(self, ctx: StageContext) -> StageResult:
+        config: DPOStageConfig = ctx.config
+        pairs, accounting = to_preference_pairs(load_rows(config.data), config.data, config.max_pairs_per_prompt)
+        accounting.fail_if_too_many_dropped(config.max_drop_share)
+
+        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        model = ctx.registry.load_model(ctx.parent)
+        reference_name = BASE if config.reference == "base" else ctx.parent
+        # With LoRA and the parent as reference, TRL disables the adapter to get reference
+        # log-probs: no second copy of the weights.
+        use_adapter_as_reference = config.lora is not None and reference_name == ctx.parent
+        ref_model = None if use_adapter_as_reference else ctx.registry.load_model(reference_name)
+
+        args = DPOConfig(
+            **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed),
+            beta=config.beta,
+            loss_type=[config.loss_type],
+            label_smoothing=config.label_smoothing,
+        )
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=tokenizer,
+            peft_config=peft_config(config.lora),
+            callbacks=callbacks(ctx),
+        )
+        history = train(trainer)
+        ctx.registry.save(ctx.name, trainer.model, tokenizer)
+        metrics = final_metrics(history) | {"reference": reference_name}
+        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
