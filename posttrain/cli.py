@@ -6,8 +6,10 @@ with status 2, bugs keep their traceback, and `--debug` shows the traceback for 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,13 +29,20 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default runs/<recipe name>/).")]
 
 
-def _offline_defaults() -> None:
+def _environment_defaults() -> None:
     # Nothing in a recipe run should wait on a hub it cannot reach; users who want hub
     # models online set HF_HUB_OFFLINE=0 explicitly.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Our progress display replaces the libraries' tqdm bars (datasets, lm-eval, weights).
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # bitsandbytes warns on CPU that it could not fetch an optional kernel from the hub.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # TRL 1.16 still calls a transformers method renamed in 5.x; nothing for users to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _load(recipe: Path, profile: str | None, overrides: list[str] | None):
@@ -100,7 +109,7 @@ def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, out
 
 
 def main() -> None:
-    _offline_defaults()
+    _environment_defaults()
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")

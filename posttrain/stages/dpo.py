@@ -25,6 +25,7 @@ class DPOStageConfig(TrainStageConfig):
     beta: float = Field(0.1, gt=0, description="Strength of the KL pull towards the reference (must be > 0).")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss variant.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (robust / cDPO).")
+    sft_weight: float = Field(0.0, ge=0, description="Weight of an added NLL loss on the chosen responses (RPO); keeps small models from unlearning what the chosen answers share.")
     reference: Literal["parent", "base"] = Field("parent", description="Reference model: the parent checkpoint, or the recipe's base.")
     max_pairs_per_prompt: int = Field(8, gt=0, description="Cap on (liked, disliked) pairs built per prompt.")
     max_drop_share: float = Field(0.5, ge=0, le=1, description="Fail when more than this share of rows is dropped.")
@@ -51,7 +52,8 @@ class DPOStage(Stage):
         args = DPOConfig(
             **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed),
             beta=config.beta,
-            loss_type=[config.loss_type],
+            loss_type=[config.loss_type] + (["sft"] if config.sft_weight else []),
+            loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
             label_smoothing=config.label_smoothing,
         )
         trainer = DPOTrainer(
