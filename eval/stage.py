@@ -15,7 +15,6 @@ from posttrain.atomic import write_text_atomic
 from posttrain.errors import StageError, did_you_mean
 from posttrain.eval.harness import EvalSettings, evaluate_model
 from posttrain.eval.suites import local_tasks, tasks_digest
-from posttrain.registry import tokenizer_fingerprint
 from posttrain.stage import Stage, StageConfig, StageContext, StageResult
 
 
@@ -47,6 +46,8 @@ class EvalStage(Stage):
         return {"tasks": tasks_digest(config.tasks)}
 
     def run(self, ctx: StageContext) -> StageResult:
+        from posttrain.registry import tokenizer_fingerprint
+
         config: EvalStageConfig = ctx.config
         settings = EvalSettings(
             max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,

@@ -65,11 +65,12 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of live progress (for CI).")] = False,
 ):
     """Run a recipe's stages in order, skipping those whose fingerprint is unchanged."""
+    plan = _load(recipe, profile, set_)  # validate before the heavy imports below
+
     from posttrain.eval.report import metrics_table
     from posttrain.pipeline import Pipeline
     from posttrain.progress import ProgressReporter
 
-    plan = _load(recipe, profile, set_)
     reporter = ProgressReporter(quiet=quiet)
     pipeline = Pipeline(plan, _run_dir(plan, output), reporter, force=tuple(force or ()))
     results = pipeline.run()

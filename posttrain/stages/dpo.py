@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from datasets import Dataset
+from typing import TYPE_CHECKING
+
 from pydantic import Field
-from trl import DPOConfig, DPOTrainer
 
 from posttrain.data.convert import to_preference_pairs
 from posttrain.data.sources import load_rows
 from posttrain.recipe import BASE
 from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
-from posttrain.training import callbacks, curves_from_log, final_metrics, peft_config, train, trainer_arguments
+
+if TYPE_CHECKING:
+    from trl import DPOTrainer
+
+    from posttrain.data.accounting import DataAccounting
 
 
 class DPOStageConfig(TrainStageConfig):
@@ -37,13 +41,32 @@ class DPOStage(Stage):
     produces_model = True
 
     def run(self, ctx: StageContext) -> StageResult:
+        from posttrain.training import curves_from_log, final_metrics, train
+
+        trainer, accounting = self.build_trainer(ctx)
+        history = train(trainer)
+        ctx.registry.save(ctx.name, trainer.model, trainer.processing_class)
+        metrics = final_metrics(history) | {"reference": self.reference_name(ctx)}
+        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
+
+    @staticmethod
+    def reference_name(ctx: StageContext) -> str:
+        return BASE if ctx.config.reference == "base" else ctx.parent
+
+    def build_trainer(self, ctx: StageContext) -> tuple[DPOTrainer, DataAccounting]:
+        # Training libraries load here, not at import: `validate` and `plan` stay fast.
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        from posttrain.training import callbacks, peft_config, trainer_arguments
+
         config: DPOStageConfig = ctx.config
         pairs, accounting = to_preference_pairs(load_rows(config.data), config.data, config.max_pairs_per_prompt)
         accounting.fail_if_too_many_dropped(config.max_drop_share)
 
         tokenizer = ctx.registry.load_tokenizer(ctx.parent)
         model = ctx.registry.load_model(ctx.parent)
-        reference_name = BASE if config.reference == "base" else ctx.parent
+        reference_name = self.reference_name(ctx)
         # With LoRA and the parent as reference, TRL disables the adapter to get reference
         # log-probs: no second copy of the weights.
         use_adapter_as_reference = config.lora is not None and reference_name == ctx.parent
@@ -65,7 +88,4 @@ class DPOStage(Stage):
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        history = train(trainer)
-        ctx.registry.save(ctx.name, trainer.model, tokenizer)
-        metrics = final_metrics(history) | {"reference": reference_name}
-        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
+        return trainer, accounting

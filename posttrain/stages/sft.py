@@ -7,14 +7,11 @@ template and masks the prompt out of the loss (`completion_only_loss`).
 
 from __future__ import annotations
 
-from datasets import Dataset
 from pydantic import Field
-from trl import SFTConfig, SFTTrainer
 
 from posttrain.data.convert import to_sft_examples
 from posttrain.data.sources import load_rows
 from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
-from posttrain.training import callbacks, curves_from_log, final_metrics, peft_config, train, trainer_arguments
 
 
 class SFTStageConfig(TrainStageConfig):
@@ -27,6 +24,12 @@ class SFTStage(Stage):
     produces_model = True
 
     def run(self, ctx: StageContext) -> StageResult:
+        # Training libraries load here, not at import: `validate` and `plan` stay fast.
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        from posttrain.training import callbacks, curves_from_log, final_metrics, peft_config, train, trainer_arguments
+
         config: SFTStageConfig = ctx.config
         examples, accounting = to_sft_examples(load_rows(config.data), config.data)
         accounting.fail_if_too_many_dropped(config.max_drop_share)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv and install posttrain with its test extras. Safe to re-run.
+#
+# torch: on a machine without an NVIDIA GPU we install the CPU build first (this
+# workplace keeps torch 2.13.0+cpu locally; elsewhere pip picks the platform default).
+# With a GPU we leave torch to pip's normal resolution, so CUDA users get a CUDA build,
+# and an already-installed torch that satisfies the range is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip "$@"; }
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: NVIDIA GPU found; torch comes from the normal index"
+  else
+    echo "setup: no GPU; installing the CPU build of torch (${TORCH_SPEC:=torch==2.13.0})"
+    pip install -q "$TORCH_SPEC"
+  fi
+fi
+pip install -q -e ".[test]"
+echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")'))"
