@@ -120,7 +120,7 @@ def main() -> None:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

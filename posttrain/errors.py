@@ -13,6 +13,8 @@ import difflib
 class PosttrainError(Exception):
     """A problem the user can fix; the message says what, where and how."""
 
+    exit_code = 2
+
 
 class RecipeError(PosttrainError):
     pass
@@ -24,6 +26,12 @@ class DataError(PosttrainError):
 
 class StageError(PosttrainError):
     pass
+
+
+class StageInterrupted(PosttrainError):
+    """Stopped by Ctrl-C or SIGTERM after saving a checkpoint; the same command resumes."""
+
+    exit_code = 130
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -8,6 +8,7 @@ dies with its process (a crashed run never leaves it stuck).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -24,7 +25,7 @@ import torch
 from transformers import set_seed
 
 from posttrain.atomic import is_committed, write_json_atomic, write_text_atomic
-from posttrain.errors import PosttrainError
+from posttrain.errors import PosttrainError, StageInterrupted
 from posttrain.progress import ProgressReporter
 from posttrain.recipe import BASE, PlannedStage, Recipe
 from posttrain.registry import ModelRegistry
@@ -196,7 +197,7 @@ class Pipeline:
         context = StageContext(
             name=stage.name, config=stage.config, parent=stage.parent, recipe=self.recipe,
             stage_dir=stage_dir, registry=self.registry, progress=self.reporter,
-            evaluated_models=stage.evaluated_models,
+            fingerprint=plan.fingerprint, evaluated_models=stage.evaluated_models,
         )
         set_seed(self.recipe.spec.seed)
         started = time.perf_counter()
@@ -206,10 +207,18 @@ class Pipeline:
             if stage.stage_cls.produces_model:
                 manifest["tokenizer_fingerprint"] = self.registry.check_tokenizer_carried(stage.parent, stage.name)
         except BaseException as e:
-            manifest.update(status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+            error = e
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                error = PosttrainError(f"disk full while writing {e.filename or stage_dir} in stage '{stage.name}'; committed "
+                                       "checkpoints and models are intact: free space and run the same command to resume")
+            interrupted = isinstance(e, (StageInterrupted, KeyboardInterrupt))
+            manifest.update(status="interrupted" if interrupted else "failed",
+                            error=str(error).splitlines()[0] if str(error) else type(error).__name__,
                             wall_time_s=round(time.perf_counter() - started, 2))
             write_json_atomic(self.stage_json_path(stage.name), manifest)
-            raise
+            if error is e:
+                raise
+            raise error from e
         manifest.update(
             status="completed",
             wall_time_s=round(time.perf_counter() - started, 2),

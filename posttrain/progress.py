@@ -24,7 +24,7 @@ class ProgressReporter:
         self._last_line = 0.0
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, soft_wrap=True)  # paths stay on one line, greppable in logs
 
     def start(self, label: str, total: int | None) -> None:
         self._label = label

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +57,10 @@ class TrainStageConfig(StageConfig):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(50, ge=0, description="Commit a resumable checkpoint every N optimizer steps (0: never).")
+    keep_checkpoints: int = Field(2, gt=0, description="Committed checkpoints kept; older ones are rotated out after a new one commits.")
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="A NaN/inf loss or gradient stops the stage, or skips the step (up to max_skipped_steps).")
+    max_skipped_steps: int = Field(10, ge=0)
 
 
 @dataclass
@@ -76,6 +80,7 @@ class StageContext:
     stage_dir: Path
     registry: ModelRegistry
     progress: ProgressReporter
+    fingerprint: str = ""  # identifies this stage's exact inputs; checkpoints are tied to it
     evaluated_models: list[str] = field(default_factory=list)  # eval stages: what to evaluate
 
 

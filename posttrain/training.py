@@ -1,19 +1,26 @@
-"""What every training stage shares: trainer arguments, LoRA, curves, the NaN guard.
+"""What every training stage shares: trainer arguments, LoRA, checkpoints and resume,
+signals, the non-finite guard, curves.
 
-Stages call TRL's trainers directly; this module only maps our recipe fields onto their
-configs once, so every stage trains with the same conventions.
+Stages call TRL's trainers directly; this module maps our recipe fields onto their configs
+once and wraps `trainer.train()` so that every stage checkpoints, resumes and stops the
+same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+import signal
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
 from transformers import PrinterCallback, TrainerCallback
 
-from posttrain.errors import StageError
+from posttrain import faults
+from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
+from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
 from posttrain.stage import LoraSettings, StageContext, TrainStageConfig
 
@@ -35,7 +42,10 @@ def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int) -> 
         max_length=config.max_length,
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must be seen, not filtered out of the logs
-        save_strategy="no",
+        # Checkpoints are committed and rotated by CommitCheckpoints, not by the Trainer.
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=None,
         report_to="none",
         disable_tqdm=True,  # our own progress display instead
         seed=seed,
@@ -60,25 +70,94 @@ def peft_config(lora: LoraSettings | None) -> LoraConfig | None:
     )
 
 
-class NonFiniteLossGuard(TrainerCallback):
-    """Stops the stage, naming the step, when a logged loss or gradient norm is NaN or inf."""
+class NonFiniteGuard(TrainerCallback):
+    """Checks every step's gradients (a NaN/inf loss makes them non-finite too).
+
+    `stop`: raise, naming the step. `skip`: drop the step's gradients so the optimizer
+    leaves the weights alone, up to `max_skipped` steps, then raise.
+    """
+
+    def __init__(self, mode: str, max_skipped: int):
+        self.mode, self.max_skipped, self.skipped = mode, max_skipped, 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([g.detach().float().norm() for g in grads]).isfinite().all()):
+            return
+        step = state.global_step + 1
+        if self.mode == "skip" and self.skipped < self.max_skipped:
+            self.skipped += 1
+            for p in model.parameters():
+                p.grad = None
+            return
+        limit = f" (skipped {self.skipped}, the cap is max_skipped_steps={self.max_skipped})" if self.mode == "skip" else ""
+        raise StageError(f"non-finite loss or gradient at step {step}{limit}; lower the learning rate, check the data, or set on_nonfinite: skip")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "grad_norm"):
-            value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(value):
-                raise StageError(f"non-finite {key} ({value}) at step {state.global_step}; lower the learning rate or check the data")
+        value = (logs or {}).get("loss")
+        if value is not None and not math.isfinite(value) and self.mode == "stop":
+            raise StageError(f"non-finite loss ({value}) logged at step {state.global_step}")
+
+
+class StopOnSignal(TrainerCallback):
+    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop. A second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
 
 
 def callbacks(ctx: StageContext) -> list[TrainerCallback]:
-    return [TrainerProgressCallback(ctx.progress, ctx.name), NonFiniteLossGuard()]
+    config: TrainStageConfig = ctx.config
+    return [TrainerProgressCallback(ctx.progress, ctx.name), NonFiniteGuard(config.on_nonfinite, config.max_skipped_steps)]
 
 
-def train(trainer) -> list[dict]:
-    """Train, without the per-log print() that Trainer adds when tqdm is off; return the log history."""
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
+def train(trainer, ctx: StageContext) -> list[dict]:
+    """Train, resuming from the stage's last committed checkpoint; return the log history."""
+    config: TrainStageConfig = ctx.config
+    store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
+    store.prepare()
+    trainer.remove_callback(PrinterCallback)  # Trainer print()s every log dict when tqdm is off
+    trainer.add_callback(CommitCheckpoints(store))
+    faults.install(trainer, ctx.name)  # before the stopper, so an injected signal is seen in the same step
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+
+    resume = store.latest_loadable(warn=ctx.progress.message)
+    if resume is not None:
+        ctx.progress.message(f"  resuming {ctx.name} from {resume}")
+    with stopper.installed():
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stopper.received is not None:
+        latest = store.committed()[0][1] if store.committed() else "none"
+        raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step "
+                               f"{trainer.state.global_step}; checkpoint {latest}; run the same command again to resume")
     return trainer.state.log_history
+
+
+def discard_checkpoints(ctx: StageContext) -> None:
+    """After the stage's model is committed its checkpoints are dead weight (optimizer state)."""
+    store = CheckpointStore(ctx.stage_dir, ctx.fingerprint)
+    shutil.rmtree(store.root, ignore_errors=True)
+    shutil.rmtree(store.scratch, ignore_errors=True)
 
 
 def curves_from_log(log_history: list[dict]) -> dict[str, list]:

@@ -41,11 +41,12 @@ class DPOStage(Stage):
     produces_model = True
 
     def run(self, ctx: StageContext) -> StageResult:
-        from posttrain.training import curves_from_log, final_metrics, train
+        from posttrain.training import curves_from_log, discard_checkpoints, final_metrics, train
 
         trainer, accounting = self.build_trainer(ctx)
-        history = train(trainer)
+        history = train(trainer, ctx)
         ctx.registry.save(ctx.name, trainer.model, trainer.processing_class)
+        discard_checkpoints(ctx)
         metrics = final_metrics(history) | {"reference": self.reference_name(ctx)}
         return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
 

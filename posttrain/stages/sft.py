@@ -28,7 +28,7 @@ class SFTStage(Stage):
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from posttrain.training import callbacks, curves_from_log, final_metrics, peft_config, train, trainer_arguments
+        from posttrain.training import callbacks, curves_from_log, discard_checkpoints, final_metrics, peft_config, train, trainer_arguments
 
         config: SFTStageConfig = ctx.config
         examples, accounting = to_sft_examples(load_rows(config.data), config.data)
@@ -49,6 +49,7 @@ class SFTStage(Stage):
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        history = train(trainer)
+        history = train(trainer, ctx)
         ctx.registry.save(ctx.name, trainer.model, tokenizer)
+        discard_checkpoints(ctx)
         return StageResult(metrics=final_metrics(history), curves=curves_from_log(history), data=accounting)
