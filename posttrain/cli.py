@@ -119,7 +119,9 @@ def main() -> None:
     except PosttrainError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from posttrain.secrets import redact
+
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -29,6 +29,7 @@ from posttrain.errors import PosttrainError, StageInterrupted
 from posttrain.progress import ProgressReporter
 from posttrain.recipe import BASE, PlannedStage, Recipe
 from posttrain.registry import ModelRegistry
+from posttrain.secrets import redact
 from posttrain.stage import StageContext, StageResult
 
 TRACKED_LIBRARIES = ["posttrain", "torch", "transformers", "trl", "peft", "datasets", "lm_eval", "accelerate"]
@@ -127,6 +128,9 @@ class Pipeline:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def _write_manifest(self, manifest: dict) -> None:
+        write_json_atomic(self.stage_json_path(manifest["name"]), redact(manifest))
+
     def plan(self) -> list[StagePlan]:
         versions = library_versions()
         fingerprints = {BASE: hashlib.sha256(f"{self.recipe.spec.base}|seed={self.recipe.spec.seed}".encode()).hexdigest()[:16]}
@@ -163,10 +167,10 @@ class Pipeline:
             for plan in plans:
                 summaries[plan.stage.name] = self._run_stage(plan, plans)
             results = self._collect_results(plans, summaries)
-            write_json_atomic(self.run_dir / "results.json", results)
+            write_json_atomic(self.run_dir / "results.json", redact(results))
             from posttrain.eval.report import render_markdown
 
-            write_text_atomic(self.run_dir / "report.md", render_markdown(results))
+            write_text_atomic(self.run_dir / "report.md", redact(render_markdown(results)))
             return results
 
     def _run_stage(self, plan: StagePlan, plans: list[StagePlan]) -> dict:
@@ -192,7 +196,7 @@ class Pipeline:
             "versions": library_versions(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_json_atomic(self.stage_json_path(stage.name), manifest)
+        self._write_manifest(manifest)
         self.reporter.message(f"[bold]{stage.name}[/] ({stage.kind}) from {stage.parent or ', '.join(stage.evaluated_models)}")
         context = StageContext(
             name=stage.name, config=stage.config, parent=stage.parent, recipe=self.recipe,
@@ -215,7 +219,7 @@ class Pipeline:
             manifest.update(status="interrupted" if interrupted else "failed",
                             error=str(error).splitlines()[0] if str(error) else type(error).__name__,
                             wall_time_s=round(time.perf_counter() - started, 2))
-            write_json_atomic(self.stage_json_path(stage.name), manifest)
+            self._write_manifest(manifest)
             if error is e:
                 raise
             raise error from e
@@ -233,7 +237,7 @@ class Pipeline:
             d = result.data
             dropped = ", ".join(f"{k} {v}" for k, v in d.dropped.items()) or "none"
             self.reporter.message(f"  data: {d.rows_read} rows read, {d.rows_used} used, {d.examples_used} examples; dropped: {dropped}")
-        write_json_atomic(self.stage_json_path(stage.name), manifest)
+        self._write_manifest(manifest)
         manifest["cached"] = False
         return manifest
 
