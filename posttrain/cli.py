@@ -22,6 +22,8 @@ from posttrain.errors import PosttrainError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Post-train a language model from one recipe: SFT, preference alignment, evaluation.")
 console = Console()
+from posttrain.data.cli import app as data_app  # noqa: E402
+app.add_typer(data_app, name="data")
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/chat.yaml.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Profile choosing the stages, e.g. internal or public.")]

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 
 from posttrain.errors import DataError
 
+# Rows set aside for the other side of a train/test split are not a data-quality problem,
+# so they do not count towards `max_drop_share`.
+NOT_A_QUALITY_DROP = frozenset({"other_split"})
+MAX_ERRORS_KEPT = 5
+
 
 @dataclass
 class DataAccounting:
@@ -15,27 +20,58 @@ class DataAccounting:
     examples_used: int = 0  # training examples built (a pair uses two rows)
     rows_used: int = 0
     dropped: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)  # detected format -> rows
+    errors: list[str] = field(default_factory=list)  # first rows skipped by `on_error: skip`, verbatim
+    details: dict = field(default_factory=dict)  # conversion facts, e.g. pairs per source, class weights
+
+    def use(self, count: int = 1) -> None:
+        self.rows_used += count
 
     def drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] += count
+        if count:  # a zero would show up as a reason with no rows
+            self.dropped[reason] += count
+
+    def skip_error(self, reason: str, message: str) -> None:
+        """A bad row skipped under `on_error: skip`: counted by reason, the first few kept verbatim."""
+        self.drop(reason)
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(message)
+
+    @property
+    def rows_dropped(self) -> int:
+        return sum(self.dropped.values())
 
     def check_balanced(self) -> None:
         # A bug guard, not a user error: rows must never vanish without a reason.
-        assert self.rows_read == self.rows_used + sum(self.dropped.values()), self.to_dict()
+        assert self.rows_read == self.rows_used + self.rows_dropped, self.to_dict()
 
     def fail_if_too_many_dropped(self, max_drop_share: float) -> None:
-        if self.rows_read and sum(self.dropped.values()) / self.rows_read > max_drop_share:
-            reasons = ", ".join(f"{r}: {n}" for r, n in self.dropped.most_common())
+        quality_drops = {r: n for r, n in self.dropped.items() if r not in NOT_A_QUALITY_DROP}
+        considered = self.rows_read - (self.rows_dropped - sum(quality_drops.values()))
+        if considered and sum(quality_drops.values()) / considered > max_drop_share:
+            reasons = ", ".join(f"{r}: {n}" for r, n in Counter(quality_drops).most_common())
             raise DataError(
-                f"{self.source}: {sum(self.dropped.values())} of {self.rows_read} rows dropped ({reasons}), "
+                f"{self.source}: {sum(quality_drops.values())} of {considered} rows dropped ({reasons}), "
                 f"more than max_drop_share={max_drop_share}; fix the data or raise the limit"
             )
 
+    def summary(self) -> str:
+        """One line for people: read, used, examples, drops by reason."""
+        dropped = ", ".join(f"{r} {n}" for r, n in self.dropped.most_common()) or "none"
+        return f"{self.rows_read} rows read, {self.rows_used} used, {self.examples_used} examples; dropped: {dropped}"
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "source": self.source,
             "rows_read": self.rows_read,
             "rows_used": self.rows_used,
             "examples": self.examples_used,
             "dropped": dict(self.dropped),
         }
+        if self.formats:
+            out["formats"] = dict(self.formats)
+        if self.errors:
+            out["errors"] = list(self.errors)
+        if self.details:
+            out["details"] = dict(self.details)
+        return out

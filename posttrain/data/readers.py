@@ -1,0 +1,198 @@
+"""File readers: JSONL, JSON, CSV/TSV, Parquet and Hub datasets become located rows.
+
+Each reader gives every row its location (`file:LINE` for JSONL and CSV, `file: row N`
+for JSON arrays, Parquet and the Hub). A record that cannot be read is one clear error,
+or, with `on_error="skip"`, a skipped record counted with its reason. pyarrow and
+datasets are imported only when a file needs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from posttrain.data.rows import Row, RowError, Rows
+from posttrain.errors import DataError
+
+FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+
+# CSV cells are text; these columns may hold JSON (message lists, completion lists, scores).
+JSON_COLUMNS = {"messages", "conversations", "completions", "responses", "scores", "emojis", "prompt", "chosen", "rejected", "completion"}
+
+
+class _Collector:
+    """Rows plus skipped records; raises at once unless skipping."""
+
+    def __init__(self, source: str, on_error: str):
+        self.rows, self.skipped, self.on_error = [], [], on_error
+        self.source = source
+
+    def add(self, value, location: str) -> None:
+        if not isinstance(value, dict):
+            self.bad(RowError(location, f"expected a JSON object per record, got {type(value).__name__}", "not_an_object"))
+        else:
+            self.rows.append(Row(value, location))
+
+    def bad(self, error: RowError) -> None:
+        if self.on_error != "skip":
+            raise error
+        self.skipped.append((error.location, error.reason, str(error)))
+
+    def result(self) -> Rows:
+        return Rows(self.rows, self.source, self.skipped)
+
+
+def read_file(path: Path, on_error: str = "fail") -> Rows:
+    kind = FILE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"data file '{path}': unsupported extension '{path.suffix}'; use one of: {', '.join(FILE_SUFFIXES)}")
+    return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path, on_error)
+
+
+def _not_utf8(path: Path, line: int, error: UnicodeDecodeError, column_base: int = 0) -> RowError:
+    return RowError(f"{path}:{line}", f"not UTF-8 (byte {error.start + column_base}); re-encode the file as UTF-8", "not_utf8")
+
+
+def _read_jsonl(path: Path, on_error: str) -> Rows:
+    out = _Collector(str(path), on_error)
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                out.bad(_not_utf8(path, number, e))
+                continue
+            line = line.lstrip("\ufeff") if number == 1 else line  # a byte-order mark is not data
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                out.bad(RowError(f"{path}:{number}", f"malformed JSON ({e.msg} at column {e.colno})", "malformed_json"))
+                continue
+            out.add(value, f"{path}:{number}")
+    return out.result()
+
+
+def _decode_whole(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise RowError(f"{path}:{line}", f"not UTF-8 (byte {column} of the line); re-encode the file as UTF-8", "not_utf8") from None
+
+
+def _read_json(path: Path, on_error: str) -> Rows:
+    """A list of objects, or an object holding one (e.g. {"data": [...]}); JSONL mislabelled .json also works."""
+    text = _decode_whole(path)
+    if not text.strip():
+        return Rows([], str(path))
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # one object per line: it is JSONL under a .json name
+            return _read_jsonl(path, on_error)
+        raise RowError(f"{path}:{e.lineno}", f"malformed JSON ({e.msg} at column {e.colno})", "malformed_json") from None
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        value = lists[0] if len(lists) == 1 and not _looks_like_a_row(value) else [value]
+    if not isinstance(value, list):
+        raise DataError(f"{path}: a .json data file holds a list of objects, got {type(value).__name__}")
+    out = _Collector(str(path), on_error)
+    for number, item in enumerate(value, start=1):
+        out.add(item, f"{path}: row {number}")
+    return out.result()
+
+
+def _looks_like_a_row(value: dict) -> bool:
+    # {"messages": [...]} is one chat row, not a wrapper around a list of rows.
+    return bool({"messages", "conversations", "completions", "replies", "prompt", "chosen"} & value.keys())
+
+
+def _read_csv(path: Path, on_error: str) -> Rows:
+    try:
+        text = _decode_whole(path)
+    except RowError as e:
+        if on_error != "skip":
+            raise
+        # Undecodable bytes become markers so only the records holding them are skipped.
+        text, first_error = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff"), e
+    else:
+        first_error = None
+    out = _Collector(str(path), on_error)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    if not reader.fieldnames:
+        return out.result()
+    start = reader.line_num + 1
+    for record in reader:
+        location, start = f"{path}:{start}", reader.line_num + 1
+        if None in record or any(v is None for v in record.values()):
+            out.bad(RowError(location, f"has {len(record) + len(record.get(None) or [])} cells but the header names {len(reader.fieldnames)} columns", "malformed_csv"))
+            continue
+        if first_error and any(_has_surrogates(v) for v in record.values()):
+            out.bad(RowError(location, first_error.problem, "not_utf8"))
+            continue
+        out.add({k: _cell(k, v) for k, v in record.items()}, location)
+    return out.result()
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _cell(column: str, value: str):
+    """A CSV cell: JSON for structured columns when it parses as a list or object, else the text."""
+    stripped = value.strip()
+    if column in JSON_COLUMNS and stripped[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(stripped)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(parsed, (list, dict)):
+            return parsed
+    return value
+
+
+def _read_parquet(path: Path, on_error: str) -> Rows:
+    import pyarrow.parquet as pq
+
+    try:
+        records = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    out = _Collector(str(path), on_error)
+    for number, record in enumerate(records, start=1):
+        out.add(record, f"{path}: row {number}")
+    return out.result()
+
+
+def parse_hub_name(source: str) -> tuple[str, str]:
+    """`hf:owner/name[:split]` or `owner/name[:split]` -> (name, split); split defaults to train."""
+    name = source.removeprefix("hf:")
+    split = "train"
+    if ":" in name and "/" not in name.rsplit(":", 1)[1]:
+        name, split = name.rsplit(":", 1)
+    return name, split
+
+
+def read_hub(source: str, on_error: str = "fail") -> Rows:
+    name, split = parse_hub_name(source)
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(name, split=split)
+    except Exception as e:  # network, missing dataset or split: all one user-facing line
+        hint = (" Loading a Hub dataset needs network: set HF_DATASETS_OFFLINE=0 and HF_HUB_OFFLINE=0 (posttrain sets them to 1 by default)."
+                if offline else " Loading a Hub dataset needs network access to huggingface.co.")
+        raise DataError(f"'{source}' is not a local file, and loading it as the Hub dataset '{name}' (split '{split}') failed: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}.{hint}") from None
+    out = _Collector(source, on_error)
+    for number, record in enumerate(dataset, start=1):
+        out.add(record, f"{source}: row {number}")
+    return out.result()

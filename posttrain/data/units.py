@@ -1,0 +1,81 @@
+"""The canonical shapes every input format is parsed into.
+
+One unit is one accountable row: a line of a flat file, or one assistant message of an
+OpenAssistant tree. Prompts are message lists (the whole conversation up to the reply),
+so trainers render them with the model's chat template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Messages = list[dict]
+
+
+@dataclass
+class Unit:
+    location: str
+    prompt: Messages
+
+    def responses(self) -> list[str]:
+        """Every response text the unit carries (for empty and length checks)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Demo(Unit):
+    """A demonstration: the reply to learn (messages, Alpaca, ShareGPT, prompt/completion)."""
+
+    completion: Messages = field(default_factory=list)
+
+    def responses(self) -> list[str]:
+        return [completion_text(self.completion)]
+
+
+@dataclass
+class Pair(Unit):
+    """An explicit preference: chosen over rejected (preference pairs, Anthropic HH)."""
+
+    chosen: Messages = field(default_factory=list)
+    rejected: Messages = field(default_factory=list)
+
+    def responses(self) -> list[str]:
+        return [completion_text(self.chosen), completion_text(self.rejected)]
+
+
+@dataclass
+class Rated(Unit):
+    """Several scored responses to one prompt in one row (UltraFeedback-style)."""
+
+    scored: list[tuple[str, float]] = field(default_factory=list)  # (response, score); higher is better
+
+    def responses(self) -> list[str]:
+        return [r for r, _ in self.scored]
+
+
+@dataclass
+class Vote(Unit):
+    """One response with feedback: thumbs votes and/or a rank among sibling replies.
+
+    A thumbs-log row is one vote (up=1 or down=1); an OpenAssistant reply carries its
+    `+1` / `-1` counts and its rank (0 = best) among the replies in `rank_group`.
+    """
+
+    response: str = ""
+    up: int = 0
+    down: int = 0
+    rank: float | None = None
+    rank_group: str | None = None
+    user: str | None = None
+    timestamp: object = None
+
+    def responses(self) -> list[str]:
+        return [self.response]
+
+
+def completion_text(messages: Messages) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def assistant(text: str) -> Messages:
+    return [{"role": "assistant", "content": text}]
