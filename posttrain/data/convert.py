@@ -33,7 +33,8 @@ def parse_rating(value, where: str) -> bool:
 
 
 def _reasons(acct: DataAccounting) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in acct.dropped.most_common()) or "nothing dropped"
+    reasons = ", ".join(f"{k}: {v}" for k, v in acct.dropped.most_common()) or "nothing dropped"
+    return reasons + (f"; first skipped row: {acct.errors[0]}" if acct.errors else "")
 
 
 def _finish(acct: DataAccounting, examples: list) -> None:

@@ -111,7 +111,7 @@ def rating(value, location: str, field: str = "rating") -> bool:
         return value
     if isinstance(value, (int, float)) and value in (1, 0, -1):
         return value == 1
-    key = re.sub(r"[\s-]+", "_", str(value).strip().lower())
+    key = re.sub(r"(?<=\w)[\s-]+(?=\w)", "_", str(value).strip().lower())  # thumbs-up, thumbs up -> thumbs_up
     if key not in RATING_VALUES:
         raise RowError(location, f"is {value!r}; use up/down, +1/-1 or true/false", "bad_value", field)
     return RATING_VALUES[key]

@@ -52,8 +52,8 @@ def read_file(path: Path, on_error: str = "fail") -> Rows:
     return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path, on_error)
 
 
-def _not_utf8(path: Path, line: int, error: UnicodeDecodeError, column_base: int = 0) -> RowError:
-    return RowError(f"{path}:{line}", f"not UTF-8 (byte {error.start + column_base}); re-encode the file as UTF-8", "not_utf8")
+def _not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> RowError:
+    return RowError(f"{path}:{line}", f"not UTF-8 (byte {error.start + 1} of the line); re-encode the file as UTF-8", "not_utf8")
 
 
 def _read_jsonl(path: Path, on_error: str) -> Rows:
