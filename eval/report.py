@@ -19,10 +19,12 @@ def metrics_table(results: dict) -> tuple[list[str], list[list[str]]]:
     for task in evaluation["tasks"]:
         for metric, higher in evaluation["higher_is_better"].get(task, {}).items():
             columns.append((task, metric, higher))
+    if evaluation.get("reward_model"):
+        columns.append(("reward_model", "mean_reward", True))
     header = ["model"] + [f"{task}/{metric} {'↑' if higher else '↓'}" for task, metric, higher in columns]
     rows = []
     for model, scores in evaluation["models"].items():
-        rows.append([model] + [_format(scores[t].get(m), scores[t].get(f"{m}_stderr")) for t, m, _ in columns])
+        rows.append([model] + [_format(scores.get(t, {}).get(m), scores.get(t, {}).get(f"{m}_stderr")) for t, m, _ in columns])
     return header, rows
 
 
@@ -39,6 +41,12 @@ def render_markdown(results: dict) -> str:
         evaluation = results["evaluation"]
         lines += ["", "## Held-out evaluation", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
+        if evaluation.get("win_rates"):
+            lines += ["", f"### Win rate judged by the reward model `{evaluation['reward_model']}`", "",
+                      "| comparison | win rate | 95% CI | wins / ties / losses | mean words (candidate vs baseline) |", "|---|---|---|---|---|"]
+            for name, w in evaluation["win_rates"].items():
+                lines.append(f"| {name} | {w['win_rate']:.3f} | {w['ci95'][0]:.3f}–{w['ci95'][1]:.3f} | {w['wins']} / {w['ties']} / {w['losses']} "
+                             f"| {w['mean_words_candidate']:.1f} vs {w['mean_words_baseline']:.1f} |")
         settings = ", ".join(f"{k}={v}" for k, v in evaluation["settings"].items())
         lines += ["", f"Every model evaluated with the same settings: {settings}.", "↑ higher is better, ↓ lower is better; ± is the standard error."]
     return "\n".join(lines) + "\n"

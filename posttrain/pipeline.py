@@ -140,7 +140,7 @@ class Pipeline:
                 "kind": stage.kind,
                 "config": stage.config.model_dump(mode="json", by_alias=True, exclude={"description"}),
                 "parent": fingerprints.get(stage.parent) if stage.parent else None,
-                "evaluated": {m: fingerprints[m] for m in stage.evaluated_models},
+                "dependencies": {d: fingerprints[d] for d in stage.dependencies},
                 "inputs": stage.stage_cls.fingerprint_inputs(stage.config),
                 "versions": versions,
             }
@@ -163,6 +163,9 @@ class Pipeline:
             if self.recipe.spec.trust_remote_code:
                 self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
             plans = self.plan()
+            for plan in plans:  # every data problem surfaces before the first step of training
+                if not plan.cached:
+                    plan.stage.stage_cls.check_inputs(plan.stage.config)
             summaries = {}
             for plan in plans:
                 summaries[plan.stage.name] = self._run_stage(plan, plans)

@@ -18,6 +18,9 @@ ENTRY_POINT_GROUP = "posttrain.stages"
 BUILTIN_STAGES = [
     "posttrain.stages.sft:SFTStage",
     "posttrain.stages.dpo:DPOStage",
+    "posttrain.stages.orpo:ORPOStage",
+    "posttrain.stages.kto:KTOStage",
+    "posttrain.reward.stage:RewardModelStage",
     "posttrain.eval.stage:EvalStage",
 ]
 

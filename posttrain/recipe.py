@@ -36,6 +36,8 @@ class RecipeSpec(BaseModel):
     base: str = Field(description="Starting model: builtin:<name>, a local directory, or a hub id.")
     seed: int = 0
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust the repository.")
+    templates: dict[str, dict] = Field(default_factory=dict, description="YAML anchors shared by stages via merge keys (<<: *name); not read otherwise.")
+    choices: dict[str, str] = Field(default_factory=dict, description="Named choices that pick stage variants, e.g. alignment: dpo.")
     default_profile: str | None = None
     profiles: dict[str, ProfileSpec] = Field(default_factory=dict)
     stages: dict[str, dict] = Field(description="Stage name -> stage config (with a `kind`).")
@@ -49,6 +51,7 @@ class PlannedStage:
     stage_cls: type[Stage]
     parent: str | None  # training stages: registry name of the starting model
     evaluated_models: list[str]  # eval stages: registry names to evaluate
+    dependencies: list[str]  # every stage whose output this stage reads (for fingerprints)
 
 
 @dataclass
@@ -142,17 +145,19 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
         if name not in spec.stages:
             raise RecipeError(f"{path}: profiles.{profile}.stages: '{name}' is not a stage{did_you_mean(name, spec.stages)}; stages: {', '.join(spec.stages)}")
 
+    stages = {name: _resolve_variant(path, spec, name, raw) for name, raw in spec.stages.items()}
     planned: list[PlannedStage] = []
-    trained: list[str] = []  # training stages so far, in order
+    trained: list[str] = []  # policy-training stages so far, in order
+    reward_models: list[str] = []  # reward_model stages so far
     for name in [s for s in spec.stages if s in selected]:  # recipe order, whatever the profile's order
-        raw_stage = spec.stages[name]
+        raw_stage, key = stages[name]
         if not isinstance(raw_stage, dict) or "kind" not in raw_stage:
-            raise RecipeError(f"{path}: stages.{name}: each stage needs a `kind`, e.g. kind: sft")
-        stage_cls = get_stage_or_explain(path, name, raw_stage["kind"])
+            raise RecipeError(f"{path}: {key}: each stage needs a `kind`, e.g. kind: sft")
+        stage_cls = get_stage_or_explain(path, key, raw_stage["kind"])
         try:
             config = stage_cls.Config.model_validate(raw_stage)
         except ValidationError as e:
-            raise RecipeError(_describe_validation_error(str(path), f"stages.{name}", e, stage_cls.Config)) from None
+            raise RecipeError(_describe_validation_error(str(path), key, e, stage_cls.Config)) from None
 
         parent, evaluated = None, []
         if isinstance(config, TrainStageConfig):
@@ -160,24 +165,53 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
             if parent != BASE and parent not in trained:
                 hint = "it comes later in the recipe" if parent in spec.stages and parent in selected else (
                     f"it is not in profile '{profile}'" if parent in spec.stages else f"no such stage{did_you_mean(parent, [BASE, *trained])}")
-                raise RecipeError(f"{path}: stages.{name}.from: '{parent}' is not an earlier training stage ({hint}); use 'base' or one of: {', '.join([BASE, *trained]) or BASE}")
+                if parent in reward_models:
+                    hint = "it is a reward model, not a policy"
+                raise RecipeError(f"{path}: {key}.from: '{parent}' is not an earlier training stage ({hint}); use 'base' or one of: {', '.join([BASE, *trained]) or BASE}")
             try:
                 check_source(config.data)
             except PosttrainError as e:
-                raise RecipeError(f"{path}: stages.{name}.data: {e}") from None
-            trained.append(name)
+                raise RecipeError(f"{path}: {key}.data: {e}") from None
+            (reward_models if stage_cls.model_role == "reward" else trained).append(name)
         models = getattr(config, "models", None)
         if models is not None:
             evaluated = [BASE, *trained] if models == "all" else list(models)
             for m in evaluated:
                 if m != BASE and m not in trained:
-                    raise RecipeError(f"{path}: stages.{name}.models: '{m}' is not an earlier training stage{did_you_mean(m, [BASE, *trained])}; choose from: {', '.join([BASE, *trained])}")
-        planned.append(PlannedStage(name, config.kind, config, stage_cls, parent, evaluated))
+                    raise RecipeError(f"{path}: {key}.models: '{m}' is not an earlier policy-training stage{did_you_mean(m, [BASE, *trained])}; choose from: {', '.join([BASE, *trained])}")
+        reward_model = getattr(config, "reward_model", None)
+        if reward_model is not None and reward_model not in reward_models:
+            if not Path(reward_model).is_dir():
+                raise RecipeError(f"{path}: {key}.reward_model: '{reward_model}' is neither an earlier reward_model stage{did_you_mean(reward_model, reward_models)} nor a model directory")
+            from posttrain.reward.scorer import not_a_reward_model
+
+            problem = not_a_reward_model(Path(reward_model))
+            if problem:
+                raise RecipeError(f"{path}: {key}.reward_model: {problem}")
+        dependencies = [d for d in [parent, *evaluated, reward_model] if d is not None and (d == BASE or d in spec.stages)]
+        planned.append(PlannedStage(name, config.kind, config, stage_cls, parent, evaluated, dependencies))
     return Recipe(path=path, spec=spec, profile=profile, stages=planned)
 
 
-def get_stage_or_explain(path: Path, name: str, kind: str) -> type[Stage]:
+def _resolve_variant(path: Path, spec: RecipeSpec, name: str, raw: dict) -> tuple[dict, str]:
+    """A stage written as `choose: <choice>` plus one config per option becomes the chosen config.
+
+    This is how one field (e.g. `choices.alignment: orpo`) switches a recipe's alignment method.
+    """
+    if not isinstance(raw, dict) or "choose" not in raw:
+        return raw, f"stages.{name}"
+    choice = raw["choose"]
+    options = {k: v for k, v in raw.items() if k != "choose"}
+    if choice not in spec.choices:
+        raise RecipeError(f"{path}: stages.{name}.choose: '{choice}' is not under `choices`{did_you_mean(choice, spec.choices)}; add choices: {{{choice}: <one of {', '.join(options)}>}}")
+    picked = spec.choices[choice]
+    if picked not in options:
+        raise RecipeError(f"{path}: choices.{choice}: '{picked}' is not an option of stage '{name}'{did_you_mean(picked, options)}; options: {', '.join(options)}")
+    return options[picked], f"stages.{name}.{picked}"
+
+
+def get_stage_or_explain(path: Path, key: str, kind: str) -> type[Stage]:
     try:
         return get_stage(kind)
     except RecipeError as e:
-        raise RecipeError(f"{path}: stages.{name}.kind: {e}") from None
+        raise RecipeError(f"{path}: {key}.kind: {e}") from None

@@ -65,36 +65,71 @@ class ModelRegistry:
             return load_embedded_tokenizer()
         return self._from_pretrained(AutoTokenizer, source)
 
-    def load_model(self, name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    def load_model(self, name: str, dtype: torch.dtype = torch.float32, head: str = "causal", quantize: str | None = None) -> PreTrainedModel:
+        """A model by registry name. head="reward" puts a fresh one-output score head on the
+        same backbone (what a reward model trains); quantize="4bit" loads it for QLoRA."""
         source = self._source(name)
         if source.startswith(BUILTIN_PREFIX):
-            from posttrain.embedded.model import EMBEDDED_MODELS, build_embedded_model, load_embedded_tokenizer
+            source = self._materialize_builtin(source)
+        kwargs = {"dtype": dtype}
+        if quantize == "4bit":
+            from transformers import BitsAndBytesConfig
 
-            builtin = source.removeprefix(BUILTIN_PREFIX)
-            if builtin not in EMBEDDED_MODELS:
-                raise PosttrainError(f"unknown built-in model '{source}'; built-in: {', '.join(BUILTIN_PREFIX + n for n in EMBEDDED_MODELS)}")
-            return build_embedded_model(builtin, load_embedded_tokenizer(), seed=self.seed).to(dtype)
-        return self._from_pretrained(AutoModelForCausalLM, source, dtype=dtype)
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+        if head == "reward":
+            from transformers import AutoModelForSequenceClassification
+
+            # The score head is new: seed its initialisation so runs repeat.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                return self._from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, **kwargs)
+        return self._from_pretrained(AutoModelForCausalLM, source, **kwargs)
+
+    def _materialize_builtin(self, source: str) -> str:
+        """Built-in models are built from code; save one to disk once so every loader path is the hub's."""
+        from posttrain.embedded.model import EMBEDDED_MODELS, build_embedded_model, load_embedded_tokenizer
+
+        builtin = source.removeprefix(BUILTIN_PREFIX)
+        if builtin not in EMBEDDED_MODELS:
+            raise PosttrainError(f"unknown built-in model '{source}'; built-in: {', '.join(BUILTIN_PREFIX + n for n in EMBEDDED_MODELS)}")
+        directory = self.run_dir / ".builtin" / f"{builtin}-seed{self.seed}"
+        if not is_committed(directory):
+            tokenizer = load_embedded_tokenizer()
+            with atomic_directory(directory) as tmp:
+                build_embedded_model(builtin, tokenizer, seed=self.seed).save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        return str(directory)
 
     def _from_pretrained(self, auto_cls, source: str, **kwargs):
         if self.trust_remote_code:
             kwargs["trust_remote_code"] = True
         try:
             # use_safetensors: never unpickle weights from a .bin file.
-            extra = {"use_safetensors": True} if auto_cls is AutoModelForCausalLM else {}
+            extra = {"use_safetensors": True} if auto_cls.__name__.startswith("AutoModelFor") else {}
             return auto_cls.from_pretrained(source, **kwargs, **extra)
         except OSError as e:
             where = "local directory" if Path(source).exists() else "hub id (offline here, or not found)"
             raise PosttrainError(f"cannot load '{source}' as a {where}: {str(e).splitlines()[0]}") from None
 
     # -- saving ---------------------------------------------------------------
-    def save(self, name: str, model, tokenizer: PreTrainedTokenizerBase) -> Path:
-        """Save a stage's model (merged, loadable by from_pretrained) and, for LoRA, its adapter."""
+    def save(self, name: str, model, tokenizer: PreTrainedTokenizerBase, parent: str | None = None, head: str = "causal") -> Path:
+        """Save a stage's model (merged, loadable by from_pretrained) and, for LoRA, its adapter.
+
+        A QLoRA model is merged into a full-precision copy of its parent (`parent`), never
+        into the 4-bit weights, so the saved model has no quantization loss baked in.
+        """
         stage_dir = self.run_dir / name
         if hasattr(model, "peft_config"):
             with atomic_directory(stage_dir / ADAPTER_DIRNAME) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
+            if getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model.model, "is_loaded_in_4bit", False):
+                from peft import PeftModel
+
+                if parent is None:
+                    raise StageError(f"stage '{name}': a 4-bit model needs its parent's name to be merged in full precision")
+                model = PeftModel.from_pretrained(self.load_model(parent, head=head), stage_dir / ADAPTER_DIRNAME)
             # The adapter stays on disk for users who want it; the merged model is what the
             # next stage and plain from_pretrained users get. (Merging modifies `model`.)
             model = model.merge_and_unload()

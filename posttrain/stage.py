@@ -38,6 +38,7 @@ class LoraSettings(BaseModel):
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator (alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | str = Field("all-linear", description="Module names, or 'all-linear'.")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base weights in 4-bit NF4 (bitsandbytes).")
 
 
 class TrainStageConfig(StageConfig):
@@ -61,6 +62,13 @@ class TrainStageConfig(StageConfig):
     keep_checkpoints: int = Field(2, gt=0, description="Committed checkpoints kept; older ones are rotated out after a new one commits.")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="A NaN/inf loss or gradient stops the stage, or skips the step (up to max_skipped_steps).")
     max_skipped_steps: int = Field(10, ge=0)
+    max_drop_share: float = Field(0.5, ge=0, le=1, description="Fail when more than this share of data rows is dropped.")
+
+
+class PreferenceStageConfig(TrainStageConfig):
+    """Training stages that learn from preference pairs (dpo, orpo, reward_model)."""
+
+    max_pairs_per_prompt: int = Field(8, gt=0, description="Cap on (liked, disliked) pairs built per prompt.")
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Stage:
     kind: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
     produces_model: ClassVar[bool] = False
+    model_role: ClassVar[str] = "policy"  # "reward": a scorer, never a parent of a policy or an evaluated model
 
     @classmethod
     def fingerprint_inputs(cls, config: StageConfig) -> dict:
@@ -97,5 +106,21 @@ class Stage:
         data = getattr(config, "data", None)
         return {"data": source_digest(data)} if data else {}
 
+    @classmethod
+    def check_inputs(cls, config: StageConfig) -> None:
+        """Called for every stage that will run, before any of them trains: fail fast on bad data."""
+
     def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class PreferenceStage(Stage):
+    """A stage trained on preference pairs: its data is converted (and checked) up front."""
+
+    produces_model = True
+
+    @classmethod
+    def check_inputs(cls, config: PreferenceStageConfig) -> None:
+        from posttrain.training import preference_pairs
+
+        preference_pairs(config)

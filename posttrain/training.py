@@ -22,7 +22,7 @@ from posttrain import faults
 from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
-from posttrain.stage import LoraSettings, StageContext, TrainStageConfig
+from posttrain.stage import LoraSettings, PreferenceStageConfig, StageContext, TrainStageConfig
 
 
 def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int) -> dict:
@@ -125,6 +125,16 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
 
 
+def preference_pairs(config: PreferenceStageConfig):
+    """The stage's data as conversational preference pairs, with the drop-share check applied."""
+    from posttrain.data.convert import to_preference_pairs
+    from posttrain.data.sources import load_rows
+
+    pairs, accounting = to_preference_pairs(load_rows(config.data), config.data, config.max_pairs_per_prompt)
+    accounting.fail_if_too_many_dropped(config.max_drop_share)
+    return pairs, accounting
+
+
 def callbacks(ctx: StageContext) -> list[TrainerCallback]:
     config: TrainStageConfig = ctx.config
     return [TrainerProgressCallback(ctx.progress, ctx.name), NonFiniteGuard(config.on_nonfinite, config.max_skipped_steps)]
@@ -151,6 +161,19 @@ def train(trainer, ctx: StageContext) -> list[dict]:
         raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step "
                                f"{trainer.state.global_step}; checkpoint {latest}; run the same command again to resume")
     return trainer.state.log_history
+
+
+def load_trainable_model(ctx: StageContext, head: str = "causal"):
+    """The parent model this stage trains: 4-bit when the recipe asks for QLoRA."""
+    lora = ctx.config.lora
+    return ctx.registry.load_model(ctx.parent, head=head, quantize="4bit" if lora and lora.load_in_4bit else None)
+
+
+def save_stage_model(ctx: StageContext, model, tokenizer, head: str = "causal"):
+    """Commit the stage's model (merged in full precision) and drop its now-useless checkpoints."""
+    model_dir = ctx.registry.save(ctx.name, model, tokenizer, parent=ctx.parent, head=head)
+    discard_checkpoints(ctx)
+    return model_dir
 
 
 def discard_checkpoints(ctx: StageContext) -> None:

@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from posttrain.data.convert import to_preference_pairs
-from posttrain.data.sources import load_rows
 from posttrain.recipe import BASE
-from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+from posttrain.stage import PreferenceStage, PreferenceStageConfig, StageContext, StageResult
 
 if TYPE_CHECKING:
     from trl import DPOTrainer
@@ -25,28 +23,24 @@ if TYPE_CHECKING:
     from posttrain.data.accounting import DataAccounting
 
 
-class DPOStageConfig(TrainStageConfig):
+class DPOStageConfig(PreferenceStageConfig):
     beta: float = Field(0.1, gt=0, description="Strength of the KL pull towards the reference (must be > 0).")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss variant.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (robust / cDPO).")
     sft_weight: float = Field(0.0, ge=0, description="Weight of an added NLL loss on the chosen responses (RPO); keeps small models from unlearning what the chosen answers share.")
     reference: Literal["parent", "base"] = Field("parent", description="Reference model: the parent checkpoint, or the recipe's base.")
-    max_pairs_per_prompt: int = Field(8, gt=0, description="Cap on (liked, disliked) pairs built per prompt.")
-    max_drop_share: float = Field(0.5, ge=0, le=1, description="Fail when more than this share of rows is dropped.")
 
 
-class DPOStage(Stage):
+class DPOStage(PreferenceStage):
     kind = "dpo"
     Config = DPOStageConfig
-    produces_model = True
 
     def run(self, ctx: StageContext) -> StageResult:
-        from posttrain.training import curves_from_log, discard_checkpoints, final_metrics, train
+        from posttrain.training import curves_from_log, final_metrics, save_stage_model, train
 
         trainer, accounting = self.build_trainer(ctx)
         history = train(trainer, ctx)
-        ctx.registry.save(ctx.name, trainer.model, trainer.processing_class)
-        discard_checkpoints(ctx)
+        save_stage_model(ctx, trainer.model, trainer.processing_class)
         metrics = final_metrics(history) | {"reference": self.reference_name(ctx)}
         return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
 
@@ -59,14 +53,13 @@ class DPOStage(Stage):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from posttrain.training import callbacks, peft_config, trainer_arguments
+        from posttrain.training import callbacks, load_trainable_model, peft_config, preference_pairs, trainer_arguments
 
         config: DPOStageConfig = ctx.config
-        pairs, accounting = to_preference_pairs(load_rows(config.data), config.data, config.max_pairs_per_prompt)
-        accounting.fail_if_too_many_dropped(config.max_drop_share)
+        pairs, accounting = preference_pairs(config)
 
         tokenizer = ctx.registry.load_tokenizer(ctx.parent)
-        model = ctx.registry.load_model(ctx.parent)
+        model = load_trainable_model(ctx)
         reference_name = self.reference_name(ctx)
         # With LoRA and the parent as reference, TRL disables the adapter to get reference
         # log-probs: no second copy of the weights.

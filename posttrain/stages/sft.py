@@ -7,15 +7,13 @@ template and masks the prompt out of the loss (`completion_only_loss`).
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from posttrain.data.convert import to_sft_examples
 from posttrain.data.sources import load_rows
 from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
 
 
 class SFTStageConfig(TrainStageConfig):
-    max_drop_share: float = Field(0.5, ge=0, le=1, description="Fail when more than this share of rows is dropped.")
+    pass
 
 
 class SFTStage(Stage):
@@ -23,19 +21,28 @@ class SFTStage(Stage):
     Config = SFTStageConfig
     produces_model = True
 
+    @classmethod
+    def examples(cls, config: SFTStageConfig):
+        examples, accounting = to_sft_examples(load_rows(config.data), config.data)
+        accounting.fail_if_too_many_dropped(config.max_drop_share)
+        return examples, accounting
+
+    @classmethod
+    def check_inputs(cls, config: SFTStageConfig) -> None:
+        cls.examples(config)
+
     def run(self, ctx: StageContext) -> StageResult:
         # Training libraries load here, not at import: `validate` and `plan` stay fast.
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from posttrain.training import callbacks, curves_from_log, discard_checkpoints, final_metrics, peft_config, train, trainer_arguments
+        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
 
         config: SFTStageConfig = ctx.config
-        examples, accounting = to_sft_examples(load_rows(config.data), config.data)
-        accounting.fail_if_too_many_dropped(config.max_drop_share)
+        examples, accounting = self.examples(config)
 
         tokenizer = ctx.registry.load_tokenizer(ctx.parent)
-        model = ctx.registry.load_model(ctx.parent)
+        model = load_trainable_model(ctx)
         args = SFTConfig(
             **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed),
             completion_only_loss=True,
@@ -50,6 +57,5 @@ class SFTStage(Stage):
             callbacks=callbacks(ctx),
         )
         history = train(trainer, ctx)
-        ctx.registry.save(ctx.name, trainer.model, tokenizer)
-        discard_checkpoints(ctx)
+        save_stage_model(ctx, trainer.model, tokenizer)
         return StageResult(metrics=final_metrics(history), curves=curves_from_log(history), data=accounting)

@@ -1,0 +1,67 @@
+"""KTO: alignment from unpaired thumbs-up/down with TRL's KTOTrainer.
+
+Each rated response is one example labelled desirable or undesirable; no pairing is
+needed, so every vote counts. The desirable/undesirable weights default to values that
+balance the two classes (from the data's counts) and are recorded in stage.json. The
+reference model is the parent, as for DPO.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+
+
+class KTOStageConfig(TrainStageConfig):
+    beta: float = Field(0.1, gt=0, description="Strength of the KL pull towards the reference (must be > 0).")
+    desirable_weight: float | None = Field(None, gt=0, description="Loss weight of thumbs-up examples (default: from the class balance).")
+    undesirable_weight: float | None = Field(None, gt=0, description="Loss weight of thumbs-down examples (default: from the class balance).")
+
+
+class KTOStage(Stage):
+    kind = "kto"
+    Config = KTOStageConfig
+    produces_model = True
+
+    @classmethod
+    def examples(cls, config: KTOStageConfig):
+        from posttrain.data.convert import to_kto_examples
+        from posttrain.data.sources import load_rows
+
+        examples, accounting, balance = to_kto_examples(load_rows(config.data), config.data)
+        accounting.fail_if_too_many_dropped(config.max_drop_share)
+        return examples, accounting, balance
+
+    @classmethod
+    def check_inputs(cls, config: KTOStageConfig) -> None:
+        cls.examples(config)
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from datasets import Dataset
+        from trl import KTOConfig, KTOTrainer
+
+        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
+
+        config: KTOStageConfig = ctx.config
+        examples, accounting, balance = self.examples(config)
+        weights = {
+            "desirable_weight": config.desirable_weight or balance["desirable_weight"],
+            "undesirable_weight": config.undesirable_weight or balance["undesirable_weight"],
+        }
+        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        args = KTOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed), beta=config.beta, **weights)
+        trainer = KTOTrainer(
+            model=load_trainable_model(ctx),
+            # LoRA: the reference is the parent with the adapter disabled (no second copy).
+            ref_model=None if config.lora else ctx.registry.load_model(ctx.parent),
+            args=args,
+            train_dataset=Dataset.from_list(examples),
+            processing_class=tokenizer,
+            peft_config=peft_config(config.lora),
+            callbacks=callbacks(ctx),
+        )
+        history = train(trainer, ctx)
+        save_stage_model(ctx, trainer.model, tokenizer)
+        metrics = final_metrics(history) | weights | {"reference": ctx.parent}
+        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)

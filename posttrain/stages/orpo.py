@@ -1,0 +1,42 @@
+"""ORPO: SFT and preference alignment in one loss, with TRL's ORPOTrainer (trl.experimental).
+
+No reference model: the odds-ratio term compares chosen with rejected under the policy
+itself, so ORPO can start straight from the base model (`from: base`).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from posttrain.stage import PreferenceStage, PreferenceStageConfig, StageContext, StageResult
+
+
+class ORPOStageConfig(PreferenceStageConfig):
+    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio preference term against the NLL term (lambda in the paper).")
+
+
+class ORPOStage(PreferenceStage):
+    kind = "orpo"
+    Config = ORPOStageConfig
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from datasets import Dataset
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, preference_pairs, save_stage_model, train, trainer_arguments
+
+        config: ORPOStageConfig = ctx.config
+        pairs, accounting = preference_pairs(config)
+        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        args = ORPOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed), beta=config.beta)
+        trainer = ORPOTrainer(
+            model=load_trainable_model(ctx),
+            args=args,
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=tokenizer,
+            peft_config=peft_config(config.lora),
+            callbacks=callbacks(ctx),
+        )
+        history = train(trainer, ctx)
+        save_stage_model(ctx, trainer.model, tokenizer)
+        return StageResult(metrics=final_metrics(history), curves=curves_from_log(history), data=accounting)

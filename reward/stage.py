@@ -1,0 +1,79 @@
+"""reward_model: a scalar reward model trained on preference pairs with TRL's RewardTrainer.
+
+The backbone comes from the parent (base or SFT) with a fresh one-output score head. With
+LoRA the score head is trained in full and saved with the adapter (`modules_to_save`), so
+reloading the adapter restores the head instead of silently re-initialising it; the
+merged model in `model/` carries it too. Pairs are split by prompt into train and
+held-out; the held-out accuracy, margins and length bias are recorded, and consumer stages
+can refuse a reward model below their `min_reward_accuracy`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import Field
+
+from posttrain.stage import PreferenceStage, PreferenceStageConfig, StageContext, StageResult
+
+
+class RewardModelStageConfig(PreferenceStageConfig):
+    held_out_share: float = Field(0.2, gt=0, lt=1, description="Share of prompts held out for evaluation (split by prompt).")
+    center_rewards_coefficient: float | None = Field(None, ge=0, description="Pull rewards towards zero mean (TRL).")
+
+
+def split_by_prompt(pairs: list[dict], held_out_share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Deterministic split where all pairs of one prompt land on the same side."""
+    def bucket(pair) -> float:
+        digest = hashlib.sha256(f"{seed}|{json.dumps(pair['prompt'], sort_keys=True)}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    train = [p for p in pairs if bucket(p) >= held_out_share]
+    held_out = [p for p in pairs if bucket(p) < held_out_share]
+    return train, held_out
+
+
+class RewardModelStage(PreferenceStage):
+    kind = "reward_model"
+    Config = RewardModelStageConfig
+    model_role = "reward"
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import RewardConfig, RewardTrainer
+
+        from posttrain.errors import DataError
+        from posttrain.reward.evaluation import evaluate_pairs
+        from posttrain.reward.scorer import RewardScorer
+        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, preference_pairs, save_stage_model, train, trainer_arguments
+
+        config: RewardModelStageConfig = ctx.config
+        pairs, accounting = preference_pairs(config)
+        train_pairs, held_out = split_by_prompt(pairs, config.held_out_share, ctx.recipe.spec.seed)
+        if not train_pairs or not held_out:
+            raise DataError(f"{config.data}: {len(pairs)} pairs are too few to split into train and held-out by prompt (held_out_share={config.held_out_share})")
+
+        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        lora = None
+        if config.lora:
+            lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                              target_modules=config.lora.target_modules, task_type="SEQ_CLS", modules_to_save=["score"])
+        args = RewardConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed),
+                            center_rewards_coefficient=config.center_rewards_coefficient)
+        trainer = RewardTrainer(
+            model=load_trainable_model(ctx, head="reward"),
+            args=args,
+            train_dataset=Dataset.from_list(train_pairs),
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=callbacks(ctx),
+        )
+        history = train(trainer, ctx)
+        model_dir = save_stage_model(ctx, trainer.model, tokenizer, head="reward")
+
+        # Evaluate what was saved, not what is in memory: a lost score head shows up here.
+        report = evaluate_pairs(RewardScorer.from_directory(model_dir), held_out)
+        metrics = final_metrics(history) | report | {"train_pairs": len(train_pairs)}
+        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
