@@ -76,3 +76,17 @@ def test_reference_base_is_an_explicit_choice(write_recipe, tmp_path):
     trainer, registry, _ = _run_sft_then_build_dpo(write_recipe, tmp_path, {}, {"reference": "base"})
     ids = _sample_ids(registry)
     assert torch.equal(_logits(trainer.ref_model, ids), _logits(registry.load_model("base"), ids))
+
+
+def test_qlora_sft_then_dpo_reference_is_the_full_precision_merged_parent(write_recipe, tmp_path):
+    qlora = {**LORA, "load_in_4bit": True}
+    trainer, registry, run_dir = _run_sft_then_build_dpo(write_recipe, tmp_path, {"lora": qlora, "learning_rate": 5e-3}, {})
+    ids = _sample_ids(registry)
+    parent_dir = run_dir / "sft" / "model"
+    assert "quantization_config" not in (parent_dir / "config.json").read_text()  # merged in full precision
+    reference = _logits(trainer.ref_model, ids)
+    assert torch.equal(reference, _logits(AutoModelForCausalLM.from_pretrained(parent_dir), ids))
+    # ...and that parent is the full-precision base plus the adapter QLoRA trained.
+    sft_with_adapter = PeftModel.from_pretrained(registry.load_model("base"), run_dir / "sft" / "adapter")
+    assert torch.allclose(reference, _logits(sft_with_adapter, ids), atol=1e-5)
+    assert not torch.allclose(reference, _logits(registry.load_model("base"), ids), atol=1e-3)
