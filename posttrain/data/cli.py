@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from posttrain.errors import DataError
@@ -70,7 +71,7 @@ def inspect_command(
 
 def _render(report: dict) -> None:
     formats = ", ".join(f"{name} ({n} records)" for name, n in report["formats"].items()) or "none"
-    console.print(f"[bold]{report['source']}[/bold]: format {formats}")
+    console.print(f"[bold]{escape(report['source'])}[/bold]: format {escape(formats)}", soft_wrap=True)
     _key_values("Counts", report["counts"])
     _length_table(report["lengths"])
     for section in ("votes", "ranks", "scores"):
@@ -80,7 +81,12 @@ def _render(report: dict) -> None:
     for name, samples in report["examples"].items():
         for sample in samples:
             console.print(f"[bold]example ({name})[/bold]")
-            console.print(_shorten(sample), markup=False, highlight=False)
+            _say(_shorten(sample))
+
+
+def _say(text: str) -> None:
+    """Plain text: no markup, no colouring of numbers, no wrapping inside paths and messages."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _key_values(title: str, values: dict) -> None:
@@ -180,11 +186,10 @@ def convert_command(
     if max_drop_share is not None:
         acct.fail_if_too_many_dropped(max_drop_share)
     write_examples(output, examples)
-    console.print(f"wrote {len(examples)} {to} examples to {output}", markup=False, highlight=False)
-    console.print(f"{source}: {acct.summary()}", markup=False, highlight=False)
+    _say(f"wrote {len(examples)} {to} examples to {output}")
+    _say(f"{source}: {acct.summary()}")
     for message in acct.errors:
-        console.print(f"  skipped: {message}", markup=False, highlight=False)
+        _say(f"  skipped: {message}")
     if weights:
-        console.print(f"class balance: {acct.details['desirable']} desirable, {acct.details['undesirable']} undesirable; "
-                      f"desirable_weight {weights['desirable_weight']:g}, undesirable_weight {weights['undesirable_weight']:g}",
-                      markup=False, highlight=False)
+        _say(f"class balance: {acct.details['desirable']} desirable, {acct.details['undesirable']} undesirable; "
+             f"desirable_weight {weights['desirable_weight']:g}, undesirable_weight {weights['undesirable_weight']:g}")
