@@ -49,7 +49,7 @@ def test_convert_writes_data_a_stage_can_use(oasst, tmp_path, to, detected):
     out = tmp_path / f"{to}.jsonl"
     result = run_cli("data", "convert", oasst, "--to", to, "-o", str(out))
     assert result.returncode == 0, result.stderr
-    assert f"wrote" in result.stdout and "rows read" in result.stdout
+    assert "wrote" in result.stdout and "rows read" in result.stdout
     written = [json.loads(line) for line in out.read_text().splitlines()]
     convert = {"sft": to_sft_examples, "pairs": to_preference_pairs, "kto": to_kto_examples}[to]
     again, acct, *_ = convert(load_rows(str(out)), str(out))

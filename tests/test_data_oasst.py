@@ -77,7 +77,7 @@ def test_the_file_has_no_wrinkles_this_walk_ignores(trees):
     found = replies(trees)
     assert not any(m.get("deleted") or m.get("review_result") is False for _, _, m in found)
     conversations = defaultdict(set)
-    for conversation, parent, message in found:
+    for conversation, parent, _ in found:
         conversations[conversation].add(parent)
     assert all(len(parents) == 1 for parents in conversations.values())  # one parent per conversation prefix
     siblings = defaultdict(list)

@@ -205,9 +205,9 @@ def test_kto_class_weights_balance_the_classes(desirable, undesirable):
 
 def test_every_row_is_accounted_for_on_random_logs():
     rng = random.Random(0)
-    for trial in range(30):
+    for _ in range(30):
         rows = [thumbs(f"q{rng.randrange(5)}", rng.choice(["a", "b", "c", " ", "d"]), rng.choice(["up", "down"]),
-                       user=rng.choice([None, "u1", "u2"])) for _ in range(rng.randrange(1, 40))]
+                       user=rng.choice([None, "u1", "u2"])) for _row in range(rng.randrange(1, 40))]
         for convert in (to_sft_examples, to_preference_pairs, lambda r, s: to_kto_examples(r, s)[:2]):
             try:
                 _, acct = convert(rows, "x")

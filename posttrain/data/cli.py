@@ -24,7 +24,8 @@ console = Console()
 TARGETS = ("sft", "pairs", "kto")
 
 SourceArg = Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.parquet file, builtin:<name>, or a Hub dataset owner/name[:split].")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format instead of detecting it (messages, alpaca, sharegpt, prompt_completion, preference, hh, rated, binary, thumbs, oasst).")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=(
+    "Force a format instead of detecting it: messages, alpaca, sharegpt, prompt_completion, preference, hh, rated, binary, thumbs, oasst."))]
 OnErrorOpt = Annotated[str, typer.Option("--on-error", help="fail: stop at the first bad row; skip: drop it and count it.")]
 PairCapOpt = Annotated[int, typer.Option("--max-pairs-per-prompt", help="Cap on pairs derived per prompt (votes, ranks, scores).")]
 DedupeOpt = Annotated[str, typer.Option("--dedupe", help="exact, normalized (ignore case, punctuation, spacing) or none.")]

@@ -124,7 +124,9 @@ def emoji_counts(node: dict) -> dict:
     """Emoji name -> count, from {"+1": 3} or the Hub's {"name": [...], "count": [...]} (null -> {})."""
     emojis = node.get("emojis") or {}
     if isinstance(emojis, dict) and isinstance(emojis.get("name"), list) and isinstance(emojis.get("count"), list):
-        return dict(zip(emojis["name"], emojis["count"]))
+        if len(emojis["name"]) != len(emojis["count"]):
+            return {"__invalid__": emojis}
+        return dict(zip(emojis["name"], emojis["count"], strict=True))
     return emojis if isinstance(emojis, dict) else {"__invalid__": emojis}
 
 
