@@ -15,21 +15,32 @@ rows_read == rows_used + sum(dropped by reason).
 
 from __future__ import annotations
 
-from posttrain.data.accounting import DataAccounting
-from posttrain.data.fields import RATING_VALUES, rating
-from posttrain.data.options import DataOptions, make_options
-from posttrain.data.prepare import prepare
-from posttrain.data.to_kto import build_kto, class_weights
-from posttrain.data.to_pairs import build_pairs
-from posttrain.data.to_sft import build_sft
+from typing import TYPE_CHECKING
+
 from posttrain.errors import DataError
 
-__all__ = ["DataOptions", "RATING_VALUES", "parse_rating", "to_kto_examples", "to_preference_pairs", "to_sft_examples"]
+if TYPE_CHECKING:
+    from posttrain.data.accounting import DataAccounting
+
+# The conversion modules load on first use: stages import this module at recipe
+# validation time, which should not pay for them.
+
+__all__ = ["parse_rating", "to_kto_examples", "to_preference_pairs", "to_sft_examples"]
 
 
 def parse_rating(value, where: str) -> bool:
     """True for a thumbs-up, False for a thumbs-down; a clear error naming `where` otherwise."""
+    from posttrain.data.fields import rating
+
     return rating(value, where)
+
+
+def _prepare(rows, source: str, options: dict):
+    from posttrain.data.options import make_options
+    from posttrain.data.prepare import prepare
+
+    opts = make_options(options)
+    return (*prepare(rows, source, opts), opts)
 
 
 def _reasons(acct: DataAccounting) -> str:
@@ -44,8 +55,9 @@ def _finish(acct: DataAccounting, examples: list) -> None:
 
 def to_sft_examples(rows: list[dict], source: str, **options) -> tuple[list[dict], DataAccounting]:
     """{"prompt": messages, "completion": [assistant message]} per demonstration."""
-    opts = make_options(options)
-    units, acct = prepare(rows, source, opts)
+    from posttrain.data.to_sft import build_sft
+
+    units, acct, opts = _prepare(rows, source, options)
     examples = build_sft(units, acct, opts)
     _finish(acct, examples)
     if not examples:
@@ -58,8 +70,9 @@ def to_preference_pairs(rows: list[dict], source: str, max_pairs_per_prompt: int
     """{"prompt": messages, "chosen": [assistant message], "rejected": [...]} per pair."""
     if max_pairs_per_prompt < 1:
         raise DataError(f"max_pairs_per_prompt is {max_pairs_per_prompt}; use 1 or more")
-    opts = make_options(options)
-    units, acct = prepare(rows, source, opts)
+    from posttrain.data.to_pairs import build_pairs
+
+    units, acct, opts = _prepare(rows, source, options)
     pairs = build_pairs(units, acct, opts, max_pairs_per_prompt)
     _finish(acct, pairs)
     if not pairs:
@@ -71,8 +84,9 @@ def to_preference_pairs(rows: list[dict], source: str, max_pairs_per_prompt: int
 def to_kto_examples(rows: list[dict], source: str, **options) -> tuple[list[dict], DataAccounting, dict[str, float]]:
     """{"prompt": messages, "completion": [assistant message], "label": bool} per example, and
     {"desirable_weight", "undesirable_weight"} that balance the two classes."""
-    opts = make_options(options)
-    units, acct = prepare(rows, source, opts)
+    from posttrain.data.to_kto import build_kto, class_weights
+
+    units, acct, opts = _prepare(rows, source, options)
     examples = build_kto(units, acct, opts)
     _finish(acct, examples)
     desirable = sum(1 for e in examples if e["label"])
