@@ -82,7 +82,7 @@ def _lengths(units: list[Unit], count: TokenCounter, unit_name: str) -> dict:
 def _vote_stats(votes: list[Vote], both_votes: str) -> dict:
     labels = Counter(vote_label(v.up, v.down, both_votes) for v in votes)
     out = {
-        "replies with feedback rows": len(votes),
+        "feedback rows": len(votes),
         "+1 votes": sum(v.up for v in votes),
         "-1 votes": sum(v.down for v in votes),
         "up (more +1 than -1)": labels["up"],

@@ -4,9 +4,10 @@
 - votes: every (liked, disliked) pair of replies to the same conversation prefix;
 - ranks: every better-ranked over worse-ranked reply among siblings (rank 0 = best);
 - scores: every higher-scored over lower-scored completion of a rated row.
-Equal ranks or scores are ties: no pair (or an error with ties="fail"). When two sources
-disagree about the same two replies, the stronger source wins (explicit > votes > ranks >
-scores); a disagreement within one source drops both pairs (`contradictory_preference`).
+Equal ranks or scores are ties: no pair (or an error with ties="fail"). When two pairs say
+opposite things about the same two replies, the stronger source wins (explicit > votes >
+ranks > scores), then the larger margin; equally strong opposite pairs both drop
+(`contradictory_preference`).
 Derived pairs are capped per prompt: strongest first, then those covering the most
 not-yet-used replies, so the cap keeps as many distinct rows as it can.
 """
