@@ -202,6 +202,10 @@ def _resolve_variant(path: Path, spec: RecipeSpec, name: str, raw: dict) -> tupl
         return raw, f"stages.{name}"
     choice = raw["choose"]
     options = {k: v for k, v in raw.items() if k != "choose"}
+    for option, value in options.items():
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: stages.{name}.{option}: a `choose` stage holds one stage config per option "
+                              f"({', '.join(k for k, v in options.items() if isinstance(v, dict))}); set e.g. stages.{name}.<option>.{option} instead")
     if choice not in spec.choices:
         raise RecipeError(f"{path}: stages.{name}.choose: '{choice}' is not under `choices`{did_you_mean(choice, spec.choices)}; add choices: {{{choice}: <one of {', '.join(options)}>}}")
     picked = spec.choices[choice]

@@ -22,7 +22,7 @@ from posttrain import faults
 from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
-from posttrain.stage import LoraSettings, PreferenceStageConfig, StageContext, TrainStageConfig
+from posttrain.stage import LoraSettings, StageContext, TrainStageConfig
 
 
 def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int) -> dict:
@@ -123,16 +123,6 @@ class StopOnSignal(TrainerCallback):
         if self.received is not None:
             control.should_save = True
             control.should_training_stop = True
-
-
-def preference_pairs(config: PreferenceStageConfig):
-    """The stage's data as conversational preference pairs, with the drop-share check applied."""
-    from posttrain.data.convert import to_preference_pairs
-    from posttrain.data.sources import load_rows
-
-    pairs, accounting = to_preference_pairs(load_rows(config.data), config.data, config.max_pairs_per_prompt)
-    accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return pairs, accounting
 
 
 def callbacks(ctx: StageContext) -> list[TrainerCallback]:

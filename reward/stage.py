@@ -47,10 +47,11 @@ class RewardModelStage(PreferenceStage):
         from posttrain.errors import DataError
         from posttrain.reward.evaluation import evaluate_pairs
         from posttrain.reward.scorer import RewardScorer
-        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, preference_pairs, save_stage_model, train, trainer_arguments
+        from posttrain.data.stage_data import preference_data
+        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, save_stage_model, train, trainer_arguments
 
         config: RewardModelStageConfig = ctx.config
-        pairs, accounting = preference_pairs(config)
+        pairs, accounting = preference_data(config)
         train_pairs, held_out = split_by_prompt(pairs, config.held_out_share, ctx.recipe.spec.seed)
         if not train_pairs or not held_out:
             raise DataError(f"{config.data}: {len(pairs)} pairs are too few to split into train and held-out by prompt (held_out_share={config.held_out_share})")

@@ -92,7 +92,7 @@ def test_unchanged_rerun_trains_nothing_and_a_late_change_reruns_only_dependants
     assert result.stderr.count(": cached") == 4
     assert {n: (out / n / "stage.json").read_text() for n in before} == before
 
-    plan = run_cli("plan", "recipes/chat.yaml", "--output", str(out), "--set", "stages.align.beta=0.2", env={"COLUMNS": "250"})
+    plan = run_cli("plan", "recipes/chat.yaml", "--output", str(out), "--set", "stages.align.dpo.beta=0.2", env={"COLUMNS": "250"})
     states = {line.split("│")[2].strip(): line.split("│")[-2].strip() for line in plan.stdout.splitlines() if "│" in line and "│ #" not in line}
     assert states == {"sft": "cached", "rm": "cached", "align": "will run", "eval": "will run"}
 

@@ -25,9 +25,9 @@ def test_from_defaults_to_previous_training_stage(write_recipe):
 def test_profiles_choose_stages_and_eval_follows():
     internal = load_recipe(REPO / "recipes/chat.yaml", profile="internal")
     public = load_recipe(REPO / "recipes/chat.yaml", profile="public")
-    assert [s.name for s in internal.stages] == ["sft", "eval"]
-    assert internal.stages[-1].evaluated_models == ["base", "sft"]
-    assert [s.name for s in public.stages] == ["sft", "align", "eval"]
+    assert [s.name for s in internal.stages] == ["sft", "rm", "eval"]
+    assert internal.stages[-1].evaluated_models == ["base", "sft"]  # a reward model is a judge, not evaluated
+    assert [s.name for s in public.stages] == ["sft", "rm", "align", "eval"]
     assert public.stages[-1].evaluated_models == ["base", "sft", "align"]
     assert load_recipe(REPO / "recipes/chat.yaml").profile == "public"  # the default profile
 
@@ -36,5 +36,5 @@ def test_plan_lists_stages_in_order_without_running(tmp_path):
     result = run_cli("plan", "recipes/chat.yaml", "--output", str(tmp_path / "run"), env={"COLUMNS": "250"})
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if "will run" in line]
-    assert [row.split("│")[2].strip() for row in rows] == ["sft", "align", "eval"]
+    assert [row.split("│")[2].strip() for row in rows] == ["sft", "rm", "align", "eval"]
     assert not (tmp_path / "run").exists()

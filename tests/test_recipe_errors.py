@@ -57,6 +57,17 @@ def test_override_typo_and_unknown_profile(write_recipe):
     assert "did you mean 'internal'" in line
 
 
+def test_choices_pick_a_variant_and_misplaced_overrides_are_caught():
+    from posttrain.recipe import load_recipe
+
+    recipe = load_recipe("recipes/chat.yaml", ["choices.alignment=kto"])
+    assert [s.kind for s in recipe.stages] == ["sft", "reward_model", "kto", "eval"]
+    line = _one_line_error(run_cli("validate", "recipes/chat.yaml", "--set", "stages.align.beta=0.2"))
+    assert "stages.align.beta" in line and "stages.align.<option>.beta" in line
+    line = _one_line_error(run_cli("validate", "recipes/chat.yaml", "--set", "choices.alignment=ppoo"))
+    assert "choices.alignment: 'ppoo' is not an option" in line and "dpo, orpo, kto" in line
+
+
 def test_invalid_yaml_names_the_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\nstages:\n  sft: [unclosed\n")
@@ -67,3 +78,23 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_debug_keeps_the_traceback(write_recipe):
     result = run_cli("validate", str(write_recipe(tiny_recipe(sft=quick_sft(kind="nope")))), "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_bad_data_row_fails_before_training_or_is_skipped_and_counted(write_recipe, tmp_path):
+    data = tmp_path / "chat.jsonl"
+    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+    data.write_text(f"{good}\n{{broken\n{good.replace('hello', 'hey')}\n")
+    out = tmp_path / "run"
+    strict = write_recipe(tiny_recipe(sft=quick_sft(data=str(data), max_steps=1)), "strict.yaml")
+    line = _one_line_error(run_cli("run", str(strict), "--output", str(out)))
+    assert f"{data}:2" in line and "JSON" in line
+    assert not (out / "sft" / "model").exists()
+
+    lenient = write_recipe(tiny_recipe(sft=quick_sft(data=str(data), max_steps=1, data_options={"on_error": "skip"})), "lenient.yaml")
+    result = run_cli("run", str(lenient), "--output", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    accounting = json.loads((out / "sft" / "stage.json").read_text())["data"]
+    assert accounting["rows_used"] == 2 and sum(accounting["dropped"].values()) == 1
+    assert accounting["rows_read"] == 3

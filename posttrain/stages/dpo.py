@@ -28,6 +28,7 @@ class DPOStageConfig(PreferenceStageConfig):
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss variant.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (robust / cDPO).")
     sft_weight: float = Field(0.0, ge=0, description="Weight of an added NLL loss on the chosen responses (RPO); keeps small models from unlearning what the chosen answers share.")
+    precompute_ref_log_probs: bool = Field(False, description="Compute the reference's log-probs once before training, then free the reference model.")
     reference: Literal["parent", "base"] = Field("parent", description="Reference model: the parent checkpoint, or the recipe's base.")
 
 
@@ -53,10 +54,11 @@ class DPOStage(PreferenceStage):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, peft_config, preference_pairs, trainer_arguments
+        from posttrain.data.stage_data import preference_data
+        from posttrain.training import callbacks, load_trainable_model, peft_config, trainer_arguments
 
         config: DPOStageConfig = ctx.config
-        pairs, accounting = preference_pairs(config)
+        pairs, accounting = preference_data(config)
 
         tokenizer = ctx.registry.load_tokenizer(ctx.parent)
         model = load_trainable_model(ctx)
@@ -72,6 +74,7 @@ class DPOStage(PreferenceStage):
             loss_type=[config.loss_type] + (["sft"] if config.sft_weight else []),
             loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
             label_smoothing=config.label_smoothing,
+            precompute_ref_log_probs=config.precompute_ref_log_probs,
         )
         trainer = DPOTrainer(
             model=model,

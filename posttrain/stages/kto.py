@@ -25,17 +25,10 @@ class KTOStage(Stage):
     produces_model = True
 
     @classmethod
-    def examples(cls, config: KTOStageConfig):
-        from posttrain.data.convert import to_kto_examples
-        from posttrain.data.sources import load_rows
-
-        examples, accounting, balance = to_kto_examples(load_rows(config.data), config.data)
-        accounting.fail_if_too_many_dropped(config.max_drop_share)
-        return examples, accounting, balance
-
-    @classmethod
     def check_inputs(cls, config: KTOStageConfig) -> None:
-        cls.examples(config)
+        from posttrain.data.stage_data import kto_data
+
+        kto_data(config)
 
     def run(self, ctx: StageContext) -> StageResult:
         from datasets import Dataset
@@ -44,7 +37,9 @@ class KTOStage(Stage):
         from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
 
         config: KTOStageConfig = ctx.config
-        examples, accounting, balance = self.examples(config)
+        from posttrain.data.stage_data import kto_data
+
+        examples, accounting, balance = kto_data(config)
         weights = {
             "desirable_weight": config.desirable_weight or balance["desirable_weight"],
             "undesirable_weight": config.undesirable_weight or balance["undesirable_weight"],

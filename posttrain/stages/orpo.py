@@ -23,10 +23,11 @@ class ORPOStage(PreferenceStage):
         from datasets import Dataset
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, preference_pairs, save_stage_model, train, trainer_arguments
+        from posttrain.data.stage_data import preference_data
+        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
 
         config: ORPOStageConfig = ctx.config
-        pairs, accounting = preference_pairs(config)
+        pairs, accounting = preference_data(config)
         tokenizer = ctx.registry.load_tokenizer(ctx.parent)
         args = ORPOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed), beta=config.beta)
         trainer = ORPOTrainer(

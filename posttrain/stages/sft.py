@@ -7,8 +7,7 @@ template and masks the prompt out of the loss (`completion_only_loss`).
 
 from __future__ import annotations
 
-from posttrain.data.convert import to_sft_examples
-from posttrain.data.sources import load_rows
+from posttrain.data.stage_data import sft_data
 from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
 
 
@@ -22,14 +21,8 @@ class SFTStage(Stage):
     produces_model = True
 
     @classmethod
-    def examples(cls, config: SFTStageConfig):
-        examples, accounting = to_sft_examples(load_rows(config.data), config.data)
-        accounting.fail_if_too_many_dropped(config.max_drop_share)
-        return examples, accounting
-
-    @classmethod
     def check_inputs(cls, config: SFTStageConfig) -> None:
-        cls.examples(config)
+        sft_data(config)
 
     def run(self, ctx: StageContext) -> StageResult:
         # Training libraries load here, not at import: `validate` and `plan` stay fast.
@@ -39,7 +32,7 @@ class SFTStage(Stage):
         from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
 
         config: SFTStageConfig = ctx.config
-        examples, accounting = self.examples(config)
+        examples, accounting = sft_data(config)
 
         tokenizer = ctx.registry.load_tokenizer(ctx.parent)
         model = load_trainable_model(ctx)
