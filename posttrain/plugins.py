@@ -20,6 +20,7 @@ BUILTIN_STAGES = [
     "posttrain.stages.dpo:DPOStage",
     "posttrain.stages.orpo:ORPOStage",
     "posttrain.stages.kto:KTOStage",
+    "posttrain.stages.ppo:PPOStage",
     "posttrain.reward.stage:RewardModelStage",
     "posttrain.eval.stage:EvalStage",
 ]

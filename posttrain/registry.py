@@ -51,6 +51,8 @@ class ModelRegistry:
     def _source(self, name: str) -> str:
         if name == "base":
             return self.base
+        if "/" in name and Path(name).is_dir():  # a model directory named directly (e.g. a reward model)
+            return name
         directory = self.model_dir(name)
         if not is_committed(directory):
             raise StageError(f"model '{name}' has no committed checkpoint at {directory}; run its stage first")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # The conversion modules load on first use: stages import this module at recipe
 # validation time, which should not pay for them.
 
-__all__ = ["parse_rating", "to_kto_examples", "to_preference_pairs", "to_sft_examples"]
+__all__ = ["parse_rating", "to_kto_examples", "to_preference_pairs", "to_prompts", "to_sft_examples"]
 
 
 def parse_rating(value, where: str) -> bool:
@@ -97,3 +97,21 @@ def to_kto_examples(rows: list[dict], source: str, **options) -> tuple[list[dict
     weights = class_weights(desirable, undesirable)
     acct.details.update(desirable=desirable, undesirable=undesirable, **weights)
     return examples, acct, weights
+
+
+def to_prompts(rows: list[dict], source: str, **options) -> tuple[list[dict], DataAccounting]:
+    """{"prompt": messages} per distinct prompt, for RL stages that generate their own replies.
+
+    Every row that passes the shared rules is used: its prompt is what an RL stage takes
+    from it, whatever its reply or vote, so many rows can share one prompt.
+    """
+    import json
+
+    units, acct, _ = _prepare(rows, source, options)
+    prompts = {json.dumps(u.prompt, sort_keys=True): u.prompt for u in units}
+    acct.use(len(units))
+    examples = [{"prompt": p} for p in prompts.values()]
+    _finish(acct, examples)
+    if not examples:
+        raise DataError(f"{source}: no prompts after filtering ({_reasons(acct)})")
+    return examples, acct

@@ -1,13 +1,13 @@
 """A training stage's data, converted for its trainer with the stage's `data_options`.
 
-One function per shape (SFT examples, preference pairs, KTO examples), each applying the
+One function per shape (SFT examples, preference pairs, KTO examples, RL prompts), each applying the
 stage's drop-share limit, so every stage reads and checks its data the same way, both in
 `check_inputs` (before anything trains) and in `run`.
 """
 
 from __future__ import annotations
 
-from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_sft_examples
+from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_prompts, to_sft_examples
 from posttrain.data.sources import load_rows
 
 
@@ -35,3 +35,10 @@ def kto_data(config):
     examples, accounting, weights = to_kto_examples(rows, config.data, **options)
     accounting.fail_if_too_many_dropped(config.max_drop_share)
     return examples, accounting, weights
+
+
+def prompt_data(config):
+    rows, options = _rows_and_options(config)
+    prompts, accounting = to_prompts(rows, config.data, **options)
+    accounting.fail_if_too_many_dropped(config.max_drop_share)
+    return prompts, accounting

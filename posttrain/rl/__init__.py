@@ -1,0 +1,1 @@
+"""Reinforcement learning from a reward model: the PPO math and rollout helpers."""

@@ -1,0 +1,137 @@
+"""The PPO loop's pieces: one iteration (rollout, scoring, advantages, updates) and its checkpoints.
+
+The stage (posttrain/stages/ppo.py) wires models and data; this module holds the loop so
+it can import torch at the top without slowing `posttrain validate`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from posttrain.errors import StageError
+from posttrain.rl import ppo_math as pm
+from posttrain.rl.rollout import Rollout, response_logprobs, sample, token_values
+
+
+def ppo_iteration(batch, policy, reference, value, scorer, tokenizer, optimizer, scheduler, kl_controller, config, step: int) -> dict:
+    """One rollout batch: sample, score, KL-penalise, GAE, then `ppo_epochs` of minibatch updates."""
+    timer = time.perf_counter()
+    policy.eval()
+    rollout = sample(policy, tokenizer, batch, config.max_length, config.max_new_tokens, config.temperature, config.top_p)
+    time_generation = time.perf_counter() - timer
+
+    timer = time.perf_counter()
+    texts = [tokenizer.decode(ids[mask > 0], skip_special_tokens=True) for ids, mask in zip(rollout.response_ids, rollout.mask)]
+    scores = torch.tensor(scorer.score([p + [{"role": "assistant", "content": t}] for p, t in zip(batch, texts)]))
+    raw_scores = scores.clone()
+    if config.missing_eos_penalty:
+        scores = scores - config.missing_eos_penalty * (~rollout.ended_with_eos).float()
+    if config.reward_clip:
+        scores = scores.clamp(-config.reward_clip, config.reward_clip)
+    if config.whiten_rewards:
+        scores = pm.masked_whiten(scores.unsqueeze(0), torch.ones(1, len(scores))).squeeze(0)
+    time_scoring = time.perf_counter() - timer
+
+    timer = time.perf_counter()
+    mask = rollout.mask
+    with torch.no_grad():
+        old_logprobs, entropy = response_logprobs(policy, rollout, config.temperature)
+        if reference is None:  # LoRA: the parent is the policy with its adapter disabled
+            with policy.disable_adapter():
+                ref_logprobs, _ = response_logprobs(policy, rollout, config.temperature)
+        else:
+            ref_logprobs, _ = response_logprobs(reference, rollout, config.temperature)
+        old_values = token_values(value, rollout)
+        kl = pm.kl_penalty(old_logprobs, ref_logprobs, config.kl_estimator)
+        rewards = pm.token_rewards(scores, kl, mask, kl_controller.value)
+        advantages, returns = pm.gae(rewards, old_values, mask, config.gamma, config.lam)
+        advantages = pm.masked_whiten(advantages, mask)
+
+    policy.train()
+    value.train()
+    sums = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "value_clip_fraction": 0.0}
+    updates = 0
+    for _ in range(config.ppo_epochs):
+        for idx in torch.randperm(len(batch)).split(config.minibatch_size):
+            mini = _select(rollout, idx)
+            logprobs, _ = response_logprobs(policy, mini, config.temperature)
+            values = token_values(value, mini)
+            pg_loss, pg_stats = pm.policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], config.cliprange)
+            vf_loss, vf_stats = pm.value_loss(values, old_values[idx], returns[idx], mask[idx], config.cliprange_value)
+            loss = pg_loss + config.vf_coef * vf_loss
+            if not torch.isfinite(loss):
+                raise StageError(f"non-finite PPO loss at iteration {step}; lower the learning rate or kl_coef")
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            updates += 1
+            for key, val in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), **pg_stats, **vf_stats}.items():
+                sums[key] += val
+    time_update = time.perf_counter() - timer
+
+    sequence_kl = (pm.kl_penalty(old_logprobs, ref_logprobs, "k1") * mask).sum(1).mean().item()
+    kl_controller.update(sequence_kl, len(batch))
+    return {
+        "reward": raw_scores.mean().item(),
+        "score": scores.mean().item(),
+        "kl": sequence_kl,
+        "kl_coef": kl_controller.value,
+        "entropy": pm.masked_mean(entropy, mask).item(),
+        **{key: total / updates for key, total in sums.items()},
+        "explained_variance": pm.explained_variance(old_values, returns, mask),
+        "response_length": mask.sum(1).float().mean().item(),
+        "eos_share": rollout.ended_with_eos.float().mean().item(),
+        "time_generation_s": time_generation,
+        "time_scoring_s": time_scoring,
+        "time_update_s": time_update,
+    }
+
+
+def prompt_order(n_prompts: int, needed: int, seed: int) -> list[int]:
+    """Epochs of shuffled prompt indices, fixed by the seed (so a resumed run sees the same batches)."""
+    rng, order = random.Random(seed), []
+    while len(order) < needed:
+        epoch = list(range(n_prompts))
+        rng.shuffle(epoch)
+        order += epoch
+    return order
+
+
+def _select(rollout: Rollout, idx: torch.Tensor) -> Rollout:
+    return Rollout(rollout.input_ids[idx], rollout.attention_mask[idx], rollout.prompt_length,
+                   rollout.response_ids[idx], rollout.mask[idx], rollout.ended_with_eos[idx])
+
+
+def _trainable_state(model) -> dict:
+    # Only what trains (all weights, or the LoRA adapter and head); clone to untie shared tensors.
+    return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(store, step, policy, value, optimizer, scheduler, kl_controller, history) -> None:
+    directory = store.scratch / f"checkpoint-{step}"
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(_trainable_state(policy), directory / "model.safetensors")
+    save_file(_trainable_state(value), directory / "value.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state()}, directory / "rng_state.pth")
+    (directory / "trainer_state.json").write_text(json.dumps({"global_step": step, "kl_coef": kl_controller.value, "history": history}))
+    store.commit(directory)
+
+
+def load_checkpoint(directory, policy, value, optimizer, scheduler, kl_controller) -> tuple[int, list[dict]]:
+    policy.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+    value.load_state_dict(load_file(directory / "value.safetensors"), strict=False)
+    states = torch.load(directory / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    torch.set_rng_state(torch.load(directory / "rng_state.pth", weights_only=True)["torch"])
+    state = json.loads((directory / "trainer_state.json").read_text())
+    kl_controller.value = state["kl_coef"]
+    return state["global_step"], state["history"]

@@ -1,0 +1,132 @@
+"""PPO: actor-critic RLHF against a reward model, our own loop (TRL 1.16 has no PPOTrainer).
+
+Per iteration: sample responses to a batch of prompts from the policy, score them with the
+reward model, penalise per-token KL against the frozen reference (the parent), estimate
+advantages with GAE from a value model (initialised from the reward model, or the policy),
+then run several epochs of minibatch updates with the clipped policy and value losses.
+
+With LoRA the reference is the policy with its adapter disabled: no second copy of the
+weights. Checkpoints are committed every `save_steps` iterations like every other stage's,
+and a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+
+from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+
+
+class PPOStageConfig(TrainStageConfig):
+    reward_model: str = Field(description="The reward_model stage (or reward model directory) that scores responses.")
+    min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
+    value_init: Literal["reward_model", "policy"] = Field("reward_model", description="Initialise the critic from the reward model or from the policy (with a fresh head).")
+    ppo_epochs: int = Field(2, gt=0, description="Passes over each rollout batch.")
+    minibatch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(32, gt=0, description="Response length limit.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    kl_coef: float = Field(0.05, ge=0, description="Initial per-token KL penalty coefficient.")
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
+    kl_target: float | None = Field(None, gt=0, description="Adapt kl_coef so the sequence KL tracks this target (None: fixed).")
+    kl_horizon: int = Field(10000, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    value_learning_rate: float | None = Field(None, gt=0, description="Critic learning rate (default: learning_rate).")
+    whiten_rewards: bool = Field(False, description="Whiten the sequence scores across each rollout batch.")
+    reward_clip: float | None = Field(10.0, gt=0, description="Clip scores to [-x, x].")
+    missing_eos_penalty: float | None = Field(1.0, ge=0, description="Subtract from the score of a response that does not end with EOS.")
+
+
+class PPOStage(Stage):
+    kind = "ppo"
+    Config = PPOStageConfig
+    produces_model = True
+
+    @classmethod
+    def check_inputs(cls, config: PPOStageConfig) -> None:
+        from posttrain.data.stage_data import prompt_data
+
+        prompt_data(config)
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import get_scheduler
+
+        from posttrain.checkpoints import CheckpointStore
+        from posttrain.data.stage_data import prompt_data
+        from posttrain.errors import StageInterrupted
+        from posttrain.reward.scorer import gated_scorer
+        from posttrain.rl.ppo_loop import load_checkpoint, ppo_iteration, prompt_order, save_checkpoint
+        from posttrain.rl.ppo_math import AdaptiveKLController
+        from posttrain.training import StopOnSignal, load_trainable_model, peft_config, save_stage_model
+
+        config: PPOStageConfig = ctx.config
+        reward_dir = ctx.registry.model_dir(config.reward_model) if config.reward_model in ctx.recipe.spec.stages else config.reward_model
+        # The gate comes before any rollout: a weak judge makes PPO optimise noise.
+        scorer = gated_scorer(reward_dir, config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+
+        examples, accounting = prompt_data(config)
+        prompts = [e["prompt"] for e in examples]
+        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+
+        policy = load_trainable_model(ctx)
+        reference = None
+        if config.lora:
+            policy = get_peft_model(policy, peft_config(config.lora))
+        else:
+            reference = ctx.registry.load_model(ctx.parent).eval().requires_grad_(False)
+        value = ctx.registry.load_model(config.reward_model if config.value_init == "reward_model" else ctx.parent, head="reward")
+        if config.lora:
+            value = get_peft_model(value, LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                                                     target_modules=config.lora.target_modules, task_type="SEQ_CLS", modules_to_save=["score"]))
+
+        iterations = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * len(prompts) / config.batch_size)
+        minibatches = math.ceil(config.batch_size / config.minibatch_size)
+        policy_params = [p for p in policy.parameters() if p.requires_grad]
+        value_params = [p for p in value.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW([
+            {"params": policy_params, "lr": config.learning_rate},
+            {"params": value_params, "lr": config.value_learning_rate or config.learning_rate},
+        ], weight_decay=config.weight_decay)
+        total_updates = iterations * config.ppo_epochs * minibatches
+        scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_updates), num_training_steps=total_updates)
+        kl_controller = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        order = prompt_order(len(prompts), iterations * config.batch_size, ctx.recipe.spec.seed)
+
+        store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
+        store.prepare()
+        history: list[dict] = []
+        start = 0
+        resume = store.latest_loadable(warn=ctx.progress.message)
+        if resume is not None:
+            start, history = load_checkpoint(resume, policy, value, optimizer, scheduler, kl_controller)
+            ctx.progress.message(f"  resuming {ctx.name} from {resume}")
+
+        stopper = StopOnSignal()
+        ctx.progress.start(ctx.name, iterations)
+        with stopper.installed():
+            for iteration in range(start, iterations):
+                batch = [prompts[i] for i in order[iteration * config.batch_size: (iteration + 1) * config.batch_size]]
+                stats = ppo_iteration(batch, policy, reference, value, scorer, tokenizer, optimizer, scheduler, kl_controller, config, iteration + 1)
+                history.append({"step": iteration + 1, **stats})
+                ctx.progress.update(iteration + 1, iterations, f"reward {stats['reward']:.3f} kl {stats['kl']:.3f}")
+                done = iteration + 1
+                if stopper.received is not None or (config.save_steps and done % config.save_steps == 0 and done < iterations):
+                    save_checkpoint(store, done, policy, value, optimizer, scheduler, kl_controller, history)
+                if stopper.received is not None:
+                    raise StageInterrupted(f"stage '{ctx.name}' stopped at iteration {done}; checkpoint saved; run the same command again to resume")
+        ctx.progress.finish(f"({iterations} iterations)")
+
+        save_stage_model(ctx, policy, tokenizer)
+        curves = {key: [[h["step"], h[key]] for h in history] for key in history[0] if key != "step"} if history else {}
+        metrics = {f"{key}_first": points[0][1] for key, points in curves.items()} | {f"{key}_last": points[-1][1] for key, points in curves.items()}
+        metrics |= {"iterations": iterations, "prompts": len(prompts), "reference": ctx.parent, "reward_model": config.reward_model}
+        return StageResult(metrics=metrics, curves=curves, data=accounting)
