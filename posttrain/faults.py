@@ -45,8 +45,19 @@ class InjectFault(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        if state.global_step == self.step and self.name in ("kill_at_step", "sigterm_at_step"):
-            os.kill(os.getpid(), signal.SIGKILL if self.name == "kill_at_step" else signal.SIGTERM)
+        _signal_if_due(self.name, self.step, state.global_step)
+
+
+def _signal_if_due(name: str, fault_step: int, step: int) -> None:
+    if step == fault_step and name in ("kill_at_step", "sigterm_at_step"):
+        os.kill(os.getpid(), signal.SIGKILL if name == "kill_at_step" else signal.SIGTERM)
+
+
+def after_step(stage: str, step: int) -> None:
+    """For stages with their own loop (PPO): the kill and SIGTERM faults, after `step`."""
+    fault = requested(stage)
+    if fault is not None:
+        _signal_if_due(fault[0], fault[1], step)
 
 
 def install(trainer, stage: str) -> None:

@@ -60,6 +60,7 @@ class PPOStage(Stage):
         from peft import LoraConfig, get_peft_model
         from transformers import get_scheduler
 
+        from posttrain import faults
         from posttrain.checkpoints import CheckpointStore
         from posttrain.data.stage_data import prompt_data
         from posttrain.errors import StageInterrupted
@@ -119,6 +120,7 @@ class PPOStage(Stage):
                 history.append({"step": iteration + 1, **stats})
                 ctx.progress.update(iteration + 1, iterations, f"reward {stats['reward']:.3f} kl {stats['kl']:.3f}")
                 done = iteration + 1
+                faults.after_step(ctx.name, done)
                 if stopper.received is not None or (config.save_steps and done % config.save_steps == 0 and done < iterations):
                     save_checkpoint(store, done, policy, value, optimizer, scheduler, kl_controller, history)
                 if stopper.received is not None:
