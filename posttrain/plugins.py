@@ -21,6 +21,8 @@ BUILTIN_STAGES = [
     "posttrain.stages.orpo:ORPOStage",
     "posttrain.stages.kto:KTOStage",
     "posttrain.stages.ppo:PPOStage",
+    "posttrain.stages.rloo:RLOOStage",
+    "posttrain.stages.grpo:GRPOStage",
     "posttrain.reward.stage:RewardModelStage",
     "posttrain.eval.stage:EvalStage",
 ]

@@ -1,0 +1,56 @@
+"""RLOO and GRPO through TRL's trainers, rewarded by the same reward-model scorer as PPO.
+
+Both sample several responses per prompt and use the group's other rewards as the
+baseline, so they need no value model: the comparison users want beside PPO.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from posttrain.stage import StageContext, StageResult, TrainStageConfig
+
+
+class CriticFreeStageConfig(TrainStageConfig):
+    reward_model: str = Field(description="The reward_model stage (or reward model directory) that scores responses.")
+    min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
+    num_generations: int = Field(4, ge=2, description="Responses sampled per prompt (the group); batch_size must be a multiple of it.")
+    max_new_tokens: int = Field(32, gt=0, description="Response length limit.")
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.05, ge=0, description="KL coefficient against the reference (the parent).")
+
+
+def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult:
+    from datasets import Dataset
+
+    from posttrain.data.stage_data import prompt_data
+    from posttrain.reward.scorer import gated_scorer
+    from posttrain.training import callbacks, curves_from_log, final_metrics, load_trainable_model, peft_config, save_stage_model, train, trainer_arguments
+
+    config: CriticFreeStageConfig = ctx.config
+    reward_dir = ctx.registry.model_dir(config.reward_model) if config.reward_model in ctx.recipe.spec.stages else config.reward_model
+    scorer = gated_scorer(reward_dir, config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+    prompts, accounting = prompt_data(config)
+
+    def reward_model(prompts, completions, **kwargs) -> list[float]:
+        return scorer.score([p + c for p, c in zip(prompts, completions)])
+
+    # GRPO/RLOO configs take no max_length or dataset_num_proc; prompts are short here.
+    common = {k: v for k, v in trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed).items()
+              if k not in ("max_length", "dataset_num_proc")}
+    args = config_cls(**common, num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+                      temperature=config.temperature, beta=config.beta)
+    tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+    trainer = trainer_cls(
+        model=load_trainable_model(ctx),
+        reward_funcs=[reward_model],
+        args=args,
+        train_dataset=Dataset.from_list(prompts),
+        processing_class=tokenizer,
+        peft_config=peft_config(config.lora),
+        callbacks=callbacks(ctx),
+    )
+    history = train(trainer, ctx)
+    save_stage_model(ctx, trainer.model, tokenizer)
+    metrics = final_metrics(history) | {"reference": ctx.parent, "reward_model": config.reward_model}
+    return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
