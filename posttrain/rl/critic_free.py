@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from posttrain.stage import StageContext, StageResult, TrainStageConfig
+from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
 
 
 class CriticFreeStageConfig(TrainStageConfig):
@@ -18,6 +18,26 @@ class CriticFreeStageConfig(TrainStageConfig):
     max_new_tokens: int = Field(32, gt=0, description="Response length limit.")
     temperature: float = Field(1.0, gt=0)
     beta: float = Field(0.05, ge=0, description="KL coefficient against the reference (the parent).")
+
+
+class CriticFreeStage(Stage):
+    """Shared by `rloo` and `grpo`: they differ only in the TRL trainer they name."""
+
+    Config = CriticFreeStageConfig
+    produces_model = True
+    trl_classes: tuple[str, str]  # (trainer, config) class names in `trl`
+
+    @classmethod
+    def check_inputs(cls, config: CriticFreeStageConfig) -> None:
+        from posttrain.data.stage_data import prompt_data
+
+        prompt_data(config)
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import trl
+
+        trainer_name, config_name = self.trl_classes
+        return train_critic_free(ctx, getattr(trl, trainer_name), getattr(trl, config_name))
 
 
 def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult:
