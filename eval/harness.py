@@ -23,6 +23,7 @@ class EvalSettings:
     seed: int
     apply_chat_template: bool = True
     decoding: str = "greedy"
+    limit: int | None = None  # documents per task (quick checks); None: all
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +68,7 @@ def evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettin
         apply_chat_template=settings.apply_chat_template,
         system_instruction=settings.system_prompt,
         fewshot_as_multiturn=settings.num_fewshot > 0,
+        limit=settings.limit,
         log_samples=True,
         bootstrap_iters=1000,
         random_seed=settings.seed, numpy_random_seed=settings.seed,

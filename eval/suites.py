@@ -45,6 +45,18 @@ def load_task_spec(path: Path) -> dict:
     return spec
 
 
+def metric_info(names: list[str]) -> dict[str, dict[str, dict]]:
+    """Local task -> metric -> {higher_is_better, group}, as the task YAMLs declare them."""
+    local = local_tasks()
+    info = {}
+    for name in names:
+        if name in local:
+            metrics = load_task_spec(local[name])["metrics"]
+            info[name] = {m: {"higher_is_better": bool(cfg.get("higher_is_better", True)), "group": cfg.get("group", name)}
+                          for m, cfg in metrics.items()}
+    return info
+
+
 def tasks_digest(names: list[str]) -> str:
     """Content hash of the local task definitions and data named (for fingerprints)."""
     h = hashlib.sha256()
@@ -84,12 +96,21 @@ def lm_eval_task_config(spec: dict, max_new_tokens: int, stop: list[str]) -> dic
     }
 
 
-def write_assistant_world_suite() -> None:
-    """Regenerate the committed JSONL files of the assistant-world suite from the generator."""
+def assistant_world_suite() -> dict[str, list[dict]]:
+    """Task name -> rows of every assistant-world suite, from the generators."""
     from posttrain.embedded import world
+    from posttrain.eval.format_suite import format_rows
 
-    for group, name in (("skills", "world_skills"), ("safety", "world_safety"), ("over_refusal", "world_over_refusal")):
-        lines = [json.dumps(row) for row in world.eval_rows(group)]
+    suites = {name: world.eval_rows(group) for group, name in
+              (("skills", "world_skills"), ("safety", "world_safety"), ("over_refusal", "world_over_refusal"))}
+    suites["world_format"] = format_rows()
+    return suites
+
+
+def write_assistant_world_suite() -> None:
+    """Regenerate the committed JSONL files of the assistant-world suite from the generators."""
+    for name, rows in assistant_world_suite().items():
+        lines = [json.dumps(row) for row in rows]
         (TASKS_DIR / "assistant_world" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
 
 
