@@ -1,12 +1,14 @@
 """The eval stage: every model of the run, on the same tasks, with the same settings.
 
 Models come from the registry by name (`base` and earlier training stages); scores carry
-standard errors; per-document generations are kept under `<stage>/samples/`.
+standard errors; per-document generations (with their reward, when a reward model judges)
+are kept under `<stage>/samples/`. An unchanged model is served from `<stage>/cache/`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Literal
@@ -16,9 +18,11 @@ from pydantic import Field, field_validator
 from posttrain.atomic import write_text_atomic
 from posttrain.errors import StageError, did_you_mean
 from posttrain.eval.harness import EvalSettings, evaluate_model
-from posttrain.eval.suites import local_tasks, tasks_digest
+from posttrain.eval.suites import local_tasks, metric_info, tasks_digest
 from posttrain.eval.winrate import win_rate
 from posttrain.stage import Stage, StageConfig, StageContext, StageResult
+
+BENCHMARK_GROUP = "benchmarks"  # the report's group for lm-eval tasks
 
 
 class EvalStageConfig(StageConfig):
@@ -28,9 +32,12 @@ class EvalStageConfig(StageConfig):
     batch_size: int = Field(32, gt=0)
     system_prompt: str | None = None
     num_fewshot: int = Field(0, ge=0, description="Few-shot examples (lm-eval tasks only; local suites are zero-shot).")
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N documents of each task (quick checks); recorded with the settings.")
     reward_model: str | None = Field(None, description="A reward_model stage (or reward model directory) that judges every generation.")
     min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
-    compare_to: str | None = Field("sft", description="Baseline for reward-model win rates (when that model is evaluated).")
+    compare_to: str | None = Field("sft", description="Baseline for reward-model win rates and the report's deltas (when that model is evaluated).")
+    examples_per_task: int = Field(3, ge=0, description="Held-out prompts per task shown side by side in the report (the first N, so every run shows the same).")
+    cache: bool = Field(True, description="Serve an unchanged model (same fingerprint, tasks and settings) from <stage>/cache/.")
 
     @field_validator("tasks")
     @classmethod
@@ -43,6 +50,16 @@ class EvalStageConfig(StageConfig):
         return tasks
 
 
+def _ordered_samples(samples: dict) -> list[dict]:
+    """Every generation in one fixed (task, document) order: rewards are stored and paired in it."""
+    return [{"task": task, **s} for task in sorted(samples) for s in samples[task]]
+
+
+def _mean_with_stderr(values: list[float]) -> tuple[float, float]:
+    stderr = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.fmean(values), stderr
+
+
 class EvalStage(Stage):
     kind = "eval"
     Config = EvalStageConfig
@@ -52,58 +69,138 @@ class EvalStage(Stage):
         return {"tasks": tasks_digest(config.tasks)}
 
     @staticmethod
-    def _judge(scorer, samples: dict) -> dict:
-        """Reward-model scores of every generation, in a fixed (task, document) order."""
-        conversations, texts = [], []
-        for task in sorted(samples):
-            for s in samples[task]:
-                conversations.append([{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["response"]}])
-                texts.append(s["response"])
-        return {"rewards": scorer.score(conversations), "texts": texts}
+    def _judge(scorer, samples: dict) -> list[float]:
+        conversations = [[{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["response"]}]
+                         for s in _ordered_samples(samples)]
+        return scorer.score(conversations)
+
+    @staticmethod
+    def _reward_model(ctx: StageContext, config: EvalStageConfig):
+        """The gated scorer and an identity for its judgements (for the cache), or (None, None)."""
+        if not config.reward_model:
+            return None, None
+        from posttrain.eval.cache import directory_identity
+        from posttrain.reward.scorer import gated_scorer
+
+        is_dir = Path(config.reward_model).is_dir()
+        directory = Path(config.reward_model) if is_dir else ctx.registry.model_dir(config.reward_model)
+        identity = ctx.dependency_fingerprints.get(config.reward_model) if not is_dir else None
+        scorer = gated_scorer(directory, config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+        return scorer, identity or directory_identity(directory)
+
+    def _evaluate_one(self, ctx, name, tokenizer_fp, settings, cache, scorer, judge_id) -> tuple[dict, bool]:
+        """One model's entry (scores, samples, rewards by judge) and whether it came from the cache."""
+        model_fp = ctx.dependency_fingerprints.get(name)
+        key = cache.key(f"{model_fp}|{tokenizer_fp}") if cache is not None and model_fp else None
+        entry = cache.load(key) if key else None
+        hit = entry is not None
+        if entry is None:
+            result = evaluate_model(ctx.registry.load_model(name), ctx.registry.load_tokenizer(name), ctx.config.tasks, settings)
+            entry = {"model": name, "model_fingerprint": model_fp, **result, "rewards": {}}
+        judged = scorer is None or judge_id in entry["rewards"]
+        if not judged:  # stored generations, new judge: score them without generating again
+            entry["rewards"][judge_id] = self._judge(scorer, entry["samples"])
+        if key and not (hit and judged):
+            cache.store(key, entry)
+        return entry, hit
 
     def run(self, ctx: StageContext) -> StageResult:
         from posttrain.registry import tokenizer_fingerprint
 
         config: EvalStageConfig = ctx.config
         settings = EvalSettings(
-            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-            system_prompt=config.system_prompt, num_fewshot=config.num_fewshot, seed=ctx.recipe.spec.seed,
+            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, system_prompt=config.system_prompt,
+            num_fewshot=config.num_fewshot, seed=ctx.recipe.spec.seed, limit=config.limit,
         )
-        scorer = None
-        if config.reward_model:
-            from posttrain.reward.scorer import gated_scorer
+        scorer, judge_id = self._reward_model(ctx, config)
+        cache = None
+        if config.cache:
+            from posttrain.eval.cache import EvalCache
 
-            directory = ctx.registry.model_dir(config.reward_model) if not Path(config.reward_model).is_dir() else Path(config.reward_model)
-            scorer = gated_scorer(directory, config.min_reward_accuracy, who=f"stage '{ctx.name}'")
-        models, template_fingerprints, judged = {}, {}, {}
+            cache = EvalCache(ctx.stage_dir / "cache", tasks_digest(config.tasks), settings.to_dict())
+
+        entries, template_fingerprints, hits = {}, {}, []
         ctx.progress.start(ctx.name, len(ctx.evaluated_models))
         for i, name in enumerate(ctx.evaluated_models):
-            tokenizer = ctx.registry.load_tokenizer(name)
-            template_fingerprints[name] = tokenizer_fingerprint(tokenizer)
-            result = evaluate_model(ctx.registry.load_model(name), tokenizer, config.tasks, settings)
-            models[name] = result["scores"]
-            if scorer is not None:
-                judged[name] = self._judge(scorer, result["samples"])
-                models[name]["reward_model"] = {"mean_reward": statistics.fmean(judged[name]["rewards"]), "n": len(judged[name]["rewards"])}
-            lines = [json.dumps({"task": task, **s}) for task, rows in result["samples"].items() for s in rows]
+            template_fingerprints[name] = tokenizer_fingerprint(ctx.registry.load_tokenizer(name))
+            entries[name], hit = self._evaluate_one(ctx, name, template_fingerprints[name], settings, cache, scorer, judge_id)
+            if hit:
+                hits.append(name)
+            rows = _ordered_samples(entries[name]["samples"])
+            rewards = entries[name]["rewards"].get(judge_id) if scorer is not None else None
+            lines = [json.dumps(s | ({"reward": rewards[j]} if rewards else {})) for j, s in enumerate(rows)]
             write_text_atomic(ctx.stage_dir / "samples" / f"{name}.jsonl", "\n".join(lines) + "\n")
-            ctx.progress.update(i + 1, len(ctx.evaluated_models), f"evaluated {name}")
-        ctx.progress.finish()
+            ctx.progress.update(i + 1, len(ctx.evaluated_models), f"{name} {'(from cache)' if hit else 'evaluated'}")
+        ctx.progress.finish(f"(from cache: {', '.join(hits)})" if hits else "")
         if len(set(template_fingerprints.values())) > 1:
             raise StageError(f"models were evaluated with different tokenizers or chat templates: {template_fingerprints}; the comparison would not be fair")
 
-        win_rates = {}
-        if scorer is not None and config.compare_to in judged:
-            base = judged[config.compare_to]
-            for name, j in judged.items():
-                if name not in (config.compare_to, "base"):
-                    win_rates[f"{name}_vs_{config.compare_to}"] = win_rate(j["rewards"], base["rewards"], j["texts"], base["texts"])
+        settings_record = settings.to_dict() | {"tokenizer_fingerprint": next(iter(template_fingerprints.values()))}
+        rewards = {name: e["rewards"][judge_id] for name, e in entries.items()} if scorer is not None else {}
+        models = {}
+        for name, entry in entries.items():
+            models[name] = dict(entry["scores"])
+            if name in rewards:
+                mean, stderr = _mean_with_stderr(rewards[name])
+                models[name]["reward_model"] = {"mean_reward": mean, "mean_reward_stderr": stderr, "n": len(rewards[name])}
+            models[name]["settings"] = dict(settings_record)  # beside each model's scores: the same for all
         evaluation = {
-            "settings": settings.to_dict() | {"tokenizer_fingerprint": next(iter(template_fingerprints.values()))},
+            "settings": settings_record,
             "tasks": config.tasks,
-            "higher_is_better": result["higher_is_better"],
+            "higher_is_better": self._higher_is_better(config.tasks, entries),
+            "groups": self._groups(config.tasks),
             "models": models,
+            "compare_to": config.compare_to if config.compare_to in entries else None,
             "reward_model": config.reward_model,
-            "win_rates": win_rates,
+            "reward_model_fingerprint": judge_id,
+            "win_rates": self._win_rates(config.compare_to, entries, rewards),
+            "examples": self._examples(config, entries, rewards),
+            "cache": {"hits": hits, "misses": [n for n in entries if n not in hits]},
         }
-        return StageResult(metrics={"models_evaluated": len(models)}, evaluation=evaluation)
+        return StageResult(metrics={"models_evaluated": len(models), "models_from_cache": len(hits)}, evaluation=evaluation)
+
+    @staticmethod
+    def _higher_is_better(tasks: list[str], entries: dict) -> dict:
+        merged = {}
+        for entry in entries.values():
+            for task, metrics in entry["higher_is_better"].items():
+                merged.setdefault(task, {}).update(metrics)
+        return {task: merged[task] for task in tasks if task in merged}
+
+    @staticmethod
+    def _groups(tasks: list[str]) -> dict:
+        local = metric_info(tasks)
+        return {task: {m: info["group"] for m, info in local[task].items()} if task in local else {"*": BENCHMARK_GROUP}
+                for task in tasks}
+
+    @staticmethod
+    def _win_rates(baseline: str | None, entries: dict, rewards: dict) -> dict:
+        if baseline not in rewards:
+            return {}
+        texts = {name: [s["response"] for s in _ordered_samples(e["samples"])] for name, e in entries.items()}
+        out = {}
+        for name in rewards:
+            if name not in (baseline, "base"):
+                w = win_rate(rewards[name], rewards[baseline], texts[name], texts[baseline])
+                out[f"{name}_vs_{baseline}"] = {"candidate": name, "baseline": baseline, **w}
+        return out
+
+    @staticmethod
+    def _examples(config: EvalStageConfig, entries: dict, rewards: dict) -> list[dict]:
+        """The first `examples_per_task` held-out prompts of each task, with every model's response."""
+        examples = []
+        offsets = {}  # where each task starts in the ordered samples (rewards are stored in that order)
+        first = next(iter(entries.values()))
+        position = 0
+        for task in sorted(first["samples"]):
+            offsets[task] = position
+            position += len(first["samples"][task])
+        for task in config.tasks:
+            for i in range(min(config.examples_per_task, len(first["samples"].get(task, [])))):
+                doc = first["samples"][task][i]
+                responses = {}
+                for name, entry in entries.items():
+                    reward = rewards[name][offsets[task] + i] if name in rewards else None
+                    responses[name] = {"response": entry["samples"][task][i]["response"], "reward": reward}
+                examples.append({"task": task, "prompt": doc["prompt"], "target": doc["target"], "responses": responses})
+        return examples

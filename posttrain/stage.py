@@ -107,6 +107,8 @@ class StageContext:
     progress: ProgressReporter
     fingerprint: str = ""  # identifies this stage's exact inputs; checkpoints are tied to it
     evaluated_models: list[str] = field(default_factory=list)  # eval stages: what to evaluate
+    # Fingerprints of the stages this one reads (and `base`): lets a stage cache per-input work.
+    dependency_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 class Stage:
