@@ -28,6 +28,12 @@ class StageError(PosttrainError):
     pass
 
 
+class ReleaseBlocked(PosttrainError):
+    """The run finished but a release gate failed: the build must not ship. Artifacts are kept."""
+
+    exit_code = 3
+
+
 class StageInterrupted(PosttrainError):
     """Stopped by Ctrl-C or SIGTERM after saving a checkpoint; the same command resumes."""
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from posttrain.data.sources import check_source
 from posttrain.errors import PosttrainError, RecipeError, did_you_mean
+from posttrain.eval.gates import GateSpec, check_gates
 from posttrain.plugins import get_stage
 from posttrain.stage import Stage, StageConfig, TrainStageConfig
 
@@ -26,6 +27,7 @@ class ProfileSpec(BaseModel):
 
     stages: list[str] = Field(description="Stage names to run, in recipe order.")
     description: str = ""
+    gates: list[GateSpec] = Field(default_factory=list, description="Release gates on evaluation results (docs/evaluation.md).")
 
 
 class RecipeSpec(BaseModel):
@@ -71,7 +73,8 @@ def _field_names(model_cls: type[BaseModel]) -> list[str]:
 
 
 def _describe_validation_error(source: str, prefix: str, err: ValidationError, model_cls: type[BaseModel]) -> str:
-    first = err.errors()[0]
+    # An unknown key first: a misspelt required key also reports the key as missing, and the typo is the news.
+    first = next((e for e in err.errors() if e["type"] == "extra_forbidden"), err.errors()[0])
     loc = [str(p) for p in first["loc"]]
     key = ".".join([prefix, *loc] if prefix else loc)
     more = f" (+{err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
@@ -80,6 +83,8 @@ def _describe_validation_error(source: str, prefix: str, err: ValidationError, m
         owner: type[BaseModel] = model_cls
         for part in loc[:-1]:
             field = owner.model_fields.get(part) or next((f for f in owner.model_fields.values() if f.alias == part), None)
+            if field is None:  # a dict key or list index: still inside the same model's field
+                continue
             annotation = getattr(field, "annotation", None)
             inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
             if not inner:
@@ -190,6 +195,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
                 raise RecipeError(f"{path}: {key}.reward_model: {problem}")
         dependencies = [d for d in [parent, *evaluated, reward_model] if d is not None and (d == BASE or d in spec.stages)]
         planned.append(PlannedStage(name, config.kind, config, stage_cls, parent, evaluated, dependencies))
+    if profile:
+        check_gates(path, profile, spec.profiles[profile].gates, planned)
     return Recipe(path=path, spec=spec, profile=profile, stages=planned)
 
 
