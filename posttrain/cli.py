@@ -1,4 +1,4 @@
-"""The `posttrain` command: run, validate and plan recipes.
+"""The `posttrain` command: run, validate and plan recipes; compare finished runs.
 
 typer parses the command line; user errors (PosttrainError) print as one line and exit
 with status 2, bugs keep their traceback, and `--debug` shows the traceback for both.
@@ -20,7 +20,7 @@ from rich.table import Table
 from posttrain.errors import PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Post-train a language model from one recipe: SFT, preference alignment, evaluation.")
+                  help="Post-train a language model from one recipe: SFT, preference alignment, evaluation, comparison.")
 console = Console()
 from posttrain.data.cli import app as data_app  # noqa: E402
 app.add_typer(data_app, name="data")
@@ -69,22 +69,43 @@ def run(
     """Run a recipe's stages in order, skipping those whose fingerprint is unchanged."""
     plan = _load(recipe, profile, set_)  # validate before the heavy imports below
 
-    from posttrain.eval.report import metrics_table
     from posttrain.pipeline import Pipeline
     from posttrain.progress import ProgressReporter
 
     reporter = ProgressReporter(quiet=quiet)
     pipeline = Pipeline(plan, _run_dir(plan, output), reporter, force=tuple(force or ()))
     results = pipeline.run()
-    header, rows = metrics_table(results)
+    _print_summary(results, f"{plan.name} ({plan.profile or 'all stages'}): held-out evaluation")
+    console.print(f"run directory: {pipeline.run_dir}  (results.json, report.md, report.html)")
+    release = results.get("release")
+    if release and not release["releasable"]:
+        from posttrain.errors import ReleaseBlocked
+        from posttrain.eval.gates import failed_gates_line
+
+        raise ReleaseBlocked(f"{failed_gates_line(release)}; every artifact is kept in {pipeline.run_dir}")
+
+
+def _print_summary(results: dict, title: str) -> None:
+    """The at-a-glance table, win rates and the release verdict, as report.md shows them."""
+    from posttrain.eval.report import win_rate_table
+    from posttrain.eval.summary import banner, table
+
+    header, rows = table(results)
     if rows:
-        table = Table(title=f"{plan.name} ({plan.profile or 'all stages'}): held-out evaluation")
-        for column in header:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-    console.print(f"run directory: {pipeline.run_dir}  (results.json, report.md)")
+        grid = Table(title=title)
+        for i, column in enumerate(header):
+            grid.add_column(column, no_wrap=i == 1)  # metric names stay whole; numbers may wrap
+        for i, (group, *cells) in enumerate(rows):
+            new_group = i == 0 or rows[i - 1][0] != group
+            if new_group and i:
+                grid.add_section()
+            grid.add_row(group if new_group else "", *cells)
+        console.print(grid)
+        for candidate, baseline, rate, ci, counts, words in win_rate_table(results["evaluation"]):
+            console.print(f"win rate {candidate} vs {baseline}: {rate} (95% CI {ci}; W/T/L {counts}; mean words {words})")
+    state, sentence = banner(results)
+    if state != "ungated":
+        console.print(f"[bold {'green' if state == 'releasable' else 'red'}]{sentence}[/]")
 
 
 @app.command()
@@ -109,6 +130,21 @@ def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, out
         data = getattr(p.stage.config, "data", None) or ", ".join(getattr(p.stage.config, "tasks", []) or [])
         table.add_row(str(i), p.stage.name, p.stage.kind, source, data, p.fingerprint, "cached" if p.cached else "will run")
     console.print(table)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run directories, e.g. runs/internal runs/public.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the comparison report goes.")] = Path("compare"),
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model the deltas and win rates are against, as run/model (default: the first run's compare_to).")] = None,
+    allow_different_settings: Annotated[bool, typer.Option("--allow-different-settings", help="Compare runs evaluated with different settings (marked unfair in the report).")] = False,
+):
+    """One report across finished runs (models named run/model): metrics, deltas, win rates, gates."""
+    from posttrain.eval.compare import compare_runs
+
+    results = compare_runs(runs, output, baseline, allow_different_settings)
+    _print_summary(results, f"comparison of {', '.join(results['runs'])}")
+    console.print(f"comparison: {output}  (results.json, report.md, report.html)")
 
 
 def main() -> None:

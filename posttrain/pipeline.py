@@ -15,7 +15,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,7 +24,7 @@ import psutil
 import torch
 from transformers import set_seed
 
-from posttrain.atomic import is_committed, write_json_atomic, write_text_atomic
+from posttrain.atomic import is_committed, write_json_atomic
 from posttrain.errors import PosttrainError, StageInterrupted
 from posttrain.progress import ProgressReporter
 from posttrain.recipe import BASE, PlannedStage, Recipe
@@ -50,6 +50,7 @@ class StagePlan:
     stage: PlannedStage
     fingerprint: str
     cached: bool
+    dependency_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 class PeakMemory:
@@ -154,7 +155,7 @@ class Pipeline:
                 and manifest.get("fingerprint") == fingerprint
                 and (not stage.stage_cls.produces_model or is_committed(self.registry.model_dir(stage.name)))
             )
-            plans.append(StagePlan(stage, fingerprint, cached))
+            plans.append(StagePlan(stage, fingerprint, cached, identity["dependencies"]))
         return plans
 
     # -- running --------------------------------------------------------------
@@ -170,10 +171,13 @@ class Pipeline:
             for plan in plans:
                 summaries[plan.stage.name] = self._run_stage(plan, plans)
             results = self._collect_results(plans, summaries)
-            write_json_atomic(self.run_dir / "results.json", redact(results))
-            from posttrain.eval.report import render_markdown
+            from posttrain.eval.gates import evaluate_release
+            from posttrain.eval.report import write_reports
 
-            write_text_atomic(self.run_dir / "report.md", redact(render_markdown(results)))
+            # Gates are judged after evaluation and recorded; the CLI turns a failure into its exit status.
+            results["release"] = evaluate_release(self.recipe, results["evaluation"])
+            write_json_atomic(self.run_dir / "results.json", redact(results))
+            write_reports(self.run_dir, results)
             return results
 
     def _run_stage(self, plan: StagePlan, plans: list[StagePlan]) -> dict:
@@ -205,6 +209,7 @@ class Pipeline:
             name=stage.name, config=stage.config, parent=stage.parent, recipe=self.recipe,
             stage_dir=stage_dir, registry=self.registry, progress=self.reporter,
             fingerprint=plan.fingerprint, evaluated_models=stage.evaluated_models,
+            dependency_fingerprints=plan.dependency_fingerprints,
         )
         set_seed(self.recipe.spec.seed)
         started = time.perf_counter()
@@ -255,7 +260,7 @@ class Pipeline:
             "profile": self.recipe.profile,
             "run_dir": str(self.run_dir),
             "stages": {
-                name: {k: s.get(k) for k in ("kind", "status", "cached", "fingerprint", "parent", "wall_time_s", "memory", "data", "metrics")}
+                name: {k: s.get(k) for k in ("kind", "status", "cached", "fingerprint", "parent", "wall_time_s", "memory", "data", "metrics", "curves")}
                 for name, s in summaries.items()
             },
             "evaluation": evaluation,
