@@ -81,7 +81,7 @@ def test_run_directory_contract(chat_run):
     em = _score(results, "sft", "world_skills", "exact_match")
     assert f"{em:.3f}" in report and f"{em:.3f}" in result.stdout
     samples = (out / "eval" / "samples" / "align.jsonl").read_text().splitlines()
-    assert len(samples) == 152 + 24 + 24
+    assert len(samples) == 152 + 24 + 24 + 51  # skills, safety, over-refusal, format
 
 
 @pytest.mark.slow
@@ -106,8 +106,8 @@ def test_reward_model_learns_the_feedback_and_judges_the_models(chat_run):
     assert rm["margin_p10"] > 0
     evaluation = json.loads((out / "results.json").read_text())["evaluation"]
     win = evaluation["win_rates"]["align_vs_sft"]
-    assert win["wins"] + win["ties"] + win["losses"] == win["n"] == 200
-    assert win["ci95"][0] > 0.5  # measured 0.77 [0.70, 0.82]
+    assert win["wins"] + win["ties"] + win["losses"] == win["n"] == 251  # every held-out prompt of the four suites
+    assert win["ci95"][0] > 0.5  # measured 0.80 [0.75, 0.85]
     assert win["mean_words_candidate"] < win["mean_words_baseline"]  # the win is not bought with length
     assert evaluation["models"]["align"]["reward_model"]["mean_reward"] > evaluation["models"]["sft"]["reward_model"]["mean_reward"]
 
@@ -120,7 +120,7 @@ def test_other_alignment_methods_move_behaviour_toward_the_feedback(chat_run, tm
     out = tmp_path / "run"
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("align", "eval", ".lock"))
     result = run_cli("run", "recipes/chat.yaml", "--output", str(out), "--quiet", "--set", f"choices.alignment={method}")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode in (0, 3), result.stderr[-2000:]  # 3: the public profile's release gates judge the build
     assert "sft (sft): cached" in result.stderr and "rm (reward_model): cached" in result.stderr
     assert json.loads((out / "align" / "stage.json").read_text())["kind"] == method
     results = json.loads((out / "results.json").read_text())
