@@ -69,7 +69,7 @@ def _judged_samples(run_dir: Path, results: dict, model: str) -> list[dict] | No
     return rows if rows and all("reward" in r for r in rows) else None
 
 
-def _win_rates(runs: dict, models: dict, baseline: str | None) -> dict:
+def _win_rates(runs: dict, aliases: dict, baseline: str | None) -> dict:
     if baseline is None:
         return {}
     base_label, _, base_model = baseline.partition("/")
@@ -81,10 +81,13 @@ def _win_rates(runs: dict, models: dict, baseline: str | None) -> dict:
         for key, w in (results["evaluation"].get("win_rates") or {}).items():  # each run's own, renamed
             candidate = f"{label}/{w.get('candidate', key.rpartition('_vs_')[0])}"
             own_baseline = f"{label}/{w.get('baseline', key.rpartition('_vs_')[2])}"
+            candidate, own_baseline = aliases.get(candidate, candidate), aliases.get(own_baseline, own_baseline)
             out[f"{candidate}_vs_{own_baseline}"] = {**w, "candidate": candidate, "baseline": own_baseline}
         if label == base_label or base_rows is None or results["evaluation"].get("reward_model_fingerprint") != judge:
             continue
         for model in results["evaluation"]["models"]:
+            if f"{label}/{model}" in aliases:
+                continue
             rows = _judged_samples(run_dir, results, model)
             if is_base(model) or rows is None or [(r["task"], r["prompt"]) for r in rows] != [(r["task"], r["prompt"]) for r in base_rows]:
                 continue
@@ -93,7 +96,7 @@ def _win_rates(runs: dict, models: dict, baseline: str | None) -> dict:
     return out
 
 
-def _examples(runs: dict) -> list[dict]:
+def _examples(runs: dict, aliases: dict) -> list[dict]:
     """The first run's side-by-side prompts, with every run's responses to the same prompts."""
     labels = list(runs)
     first = runs[labels[0]][1]["evaluation"].get("examples") or []
@@ -104,14 +107,31 @@ def _examples(runs: dict) -> list[dict]:
             match = next((e for e in runs[label][1]["evaluation"].get("examples") or []
                           if (e["task"], e["prompt"]) == (ex["task"], ex["prompt"])), None)
             for model, r in (match or {}).get("responses", {}).items():
-                responses[f"{label}/{model}"] = r
+                if f"{label}/{model}" not in aliases:
+                    responses[f"{label}/{model}"] = r
         examples.append({**ex, "responses": responses})
     return examples
 
 
+def shared_models(runs: dict[str, tuple[Path, dict]]) -> dict[str, str]:
+    """run/model -> the earlier run/model that is the same model (same fingerprint), e.g. a cached SFT."""
+    first_seen, aliases = {}, {}
+    for label, (_, results) in runs.items():
+        for model, fingerprint in (results["evaluation"].get("model_fingerprints") or {}).items():
+            if fingerprint is None:
+                continue
+            if fingerprint in first_seen:
+                aliases[f"{label}/{model}"] = first_seen[fingerprint]
+            else:
+                first_seen[fingerprint] = f"{label}/{model}"
+    return aliases
+
+
 def merge_runs(runs: dict[str, tuple[Path, dict]], baseline: str | None = None) -> dict:
-    """One results dict across runs; `runs` maps a label to (run directory, results)."""
-    tasks, higher, groups, models, stages = [], {}, {}, {}, {}
+    """One results dict across runs; `runs` maps a label to (run directory, results). A model shared
+    by several runs (same fingerprint) is shown once, under the first run's name."""
+    aliases = shared_models(runs)
+    tasks, higher, groups, models, stages, seen_stages = [], {}, {}, {}, {}, set()
     for label, (_, results) in runs.items():
         evaluation = results["evaluation"]
         tasks += [t for t in evaluation["tasks"] if t not in tasks]
@@ -120,20 +140,25 @@ def merge_runs(runs: dict[str, tuple[Path, dict]], baseline: str | None = None) 
         for task, metrics in (evaluation.get("groups") or {}).items():
             groups.setdefault(task, {}).update(metrics)
         for model, scores in evaluation["models"].items():
-            models[f"{label}/{model}"] = {**scores, "settings": settings_by_model(evaluation)[model]}
+            if f"{label}/{model}" not in aliases:
+                models[f"{label}/{model}"] = {**scores, "settings": settings_by_model(evaluation)[model]}
         for name, stage in results["stages"].items():
-            stages[f"{label}/{name}"] = stage
+            if stage.get("fingerprint") not in seen_stages:  # a stage several runs share (cached) is listed once
+                stages[f"{label}/{name}"] = stage
+                seen_stages.add(stage.get("fingerprint"))
     if baseline is None:
         first_label, (_, first) = next(iter(runs.items()))
         own = first["evaluation"].get("compare_to")
         baseline = f"{first_label}/{own}" if own else None
+    baseline = aliases.get(baseline, baseline)
     if baseline is not None and baseline not in models:
         raise PosttrainError(f"--baseline {baseline}: not a model of these runs; models: {', '.join(models)}")
     judges = {results["evaluation"].get("reward_model") for _, results in runs.values()} - {None}
     evaluation = {
         "tasks": tasks, "higher_is_better": higher, "groups": groups, "models": models, "compare_to": baseline,
         "reward_model": ", ".join(sorted(judges)) or None,
-        "win_rates": _win_rates(runs, models, baseline), "examples": _examples(runs),
+        "win_rates": _win_rates(runs, aliases, baseline), "examples": _examples(runs, aliases),
+        "same_models": aliases,
     }
     return {
         "recipe": "compare", "profile": None,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from posttrain.eval.report import (GATE_HEADER, STAGE_HEADER, WIN_HEADER, gate_table, settings_sentence, stage_rows, tax_sentence,
-                                   title, win_rate_table)
+from posttrain.eval.report import (GATE_HEADER, STAGE_HEADER, WIN_HEADER, gate_table, settings_sentence, shared_sentence, stage_rows,
+                                   tax_sentence, title, win_rate_table)
 from posttrain.eval.summary import banner, baseline_of, delta_models, format_delta, format_value, metric_rows, releases, settings_by_model
 
 STYLE = """
@@ -86,7 +86,8 @@ def render_html(results: dict, plots: list[tuple[str, str, bytes]] = ()) -> str:
             out.append(f'<p class="note">Δ columns: each model minus <code>{escape(baseline)}</code>, judged by the metric\'s direction '
                        "(green better, red worse, grey within 1.96 combined standard errors).</p>")
         out.append(_metrics_table(evaluation))
-        out.append(f'<p class="note">↑ higher is better, ↓ lower is better; ± is the standard error. {escape(tax_sentence(evaluation))}</p>')
+        out.append(f'<p class="note">↑ higher is better, ↓ lower is better; ± is the standard error. {escape(tax_sentence(evaluation))} '
+                   f"{escape(shared_sentence(evaluation))}</p>")
         wins = win_rate_table(evaluation)
         if wins:
             out.append(f"<h3>Win rate judged by the reward model <code>{escape(str(evaluation.get('reward_model')))}</code></h3>")

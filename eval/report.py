@@ -69,6 +69,14 @@ def tax_sentence(evaluation: dict) -> str:
     return f"Alignment tax (clearly worse than `{baseline}`, beyond 1.96 standard errors): {items}."
 
 
+def shared_sentence(evaluation: dict) -> str:
+    """In a comparison: the models several runs share (same fingerprint), shown once."""
+    same = evaluation.get("same_models") or {}
+    if not same:
+        return ""
+    return "The same model in several runs (same fingerprint) is shown once: " + ", ".join(f"{a} = {b}" for a, b in same.items()) + "."
+
+
 def settings_sentence(evaluation: dict) -> tuple[str, list[str]]:
     """A sentence on settings and, when models differ, the names of the differing settings."""
     differing = differing_settings(evaluation)
@@ -93,6 +101,8 @@ def render_markdown(results: dict, plot_files: list[tuple[str, str]] = ()) -> st
                       "'within noise' means less than 1.96 combined standard errors.", ""]
         lines += _md_table(header, rows)
         lines += ["", "↑ higher is better, ↓ lower is better; ± is the standard error.", "", tax_sentence(evaluation)]
+        if shared_sentence(evaluation):
+            lines += ["", shared_sentence(evaluation)]
         if win_rate_rows(evaluation):
             lines += ["", f"### Win rate judged by the reward model `{evaluation.get('reward_model')}`", ""]
             lines += _md_table(WIN_HEADER, win_rate_table(evaluation))

@@ -156,6 +156,8 @@ class EvalStage(Stage):
             "win_rates": self._win_rates(config.compare_to, entries, rewards),
             "examples": self._examples(config, entries, rewards),
             "cache": {"hits": hits, "misses": [n for n in entries if n not in hits]},
+            # Lets `posttrain compare` show a model shared by several runs (e.g. the same SFT) once.
+            "model_fingerprints": {name: ctx.dependency_fingerprints.get(name) for name in entries},
         }
         return StageResult(metrics={"models_evaluated": len(models), "models_from_cache": len(hits)}, evaluation=evaluation)
 

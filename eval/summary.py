@@ -171,5 +171,7 @@ def banner(results: dict) -> tuple[str, str]:
     if not blocked:
         total = sum(len(r["gates"]) for _, r in verdicts)
         return "releasable", f"RELEASABLE: all {total} release gates pass ({', '.join(label for label, _ in verdicts)})."
-    failed = [o["gate"] for _, r in blocked for o in r["gates"] if not o["passed"]]
-    return "blocked", f"NOT RELEASABLE: {len(failed)} gate(s) failed: {'; '.join(failed)}."
+    several = len(blocked) > 1  # then each failed gate names its run
+    failed = [f"{o['gate']}{f' ({label})' if several else ''}" for label, r in blocked for o in r["gates"] if not o["passed"]]
+    who = f" ({', '.join(label for label, _ in blocked)})" if "releases" in results else ""
+    return "blocked", f"NOT RELEASABLE{who}: {len(failed)} gate(s) failed: {'; '.join(failed)}."

@@ -226,7 +226,10 @@ def test_compare_reports_across_runs(run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     merged = _results(out)
     assert list(merged["runs"]) == ["run", "beta"]
-    assert {"run/sft", "run/align", "beta/align"} <= set(merged["evaluation"]["models"]) and merged["evaluation"]["compare_to"] == "run/sft"
+    assert list(merged["evaluation"]["models"]) == ["run/base", "run/sft", "run/align", "beta/align"]
+    assert merged["evaluation"]["compare_to"] == "run/sft"
+    # base and sft are the same models in both runs (same fingerprints): shown once.
+    assert merged["evaluation"]["same_models"] == {"beta/base": "run/base", "beta/sft": "run/sft"}
     # Judged by the same reward model on the same prompts, beta's aligned model is compared with run's SFT.
     assert "beta/align_vs_run/sft" in merged["evaluation"]["win_rates"]
     header, _ = _markdown_table((out / "report.md").read_text())
