@@ -22,7 +22,7 @@ from posttrain import faults
 from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
-from posttrain.stage import LoraSettings, StageContext, TrainStageConfig
+from posttrain.stage import LoraSettings, StageContext, StageResult, TrainStageConfig
 
 
 def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int) -> dict:
@@ -164,6 +164,14 @@ def save_stage_model(ctx: StageContext, model, tokenizer, head: str = "causal"):
     model_dir = ctx.registry.save(ctx.name, model, tokenizer, parent=ctx.parent, head=head)
     discard_checkpoints(ctx)
     return model_dir
+
+
+def train_and_save(trainer, ctx: StageContext, accounting, **extra_metrics) -> StageResult:
+    """What every TRL-backed training stage ends with: train (resumably), commit the model,
+    and report the logged metrics as final values and curves."""
+    history = train(trainer, ctx)
+    save_stage_model(ctx, trainer.model, trainer.processing_class)
+    return StageResult(metrics=final_metrics(history) | extra_metrics, curves=curves_from_log(history), data=accounting)
 
 
 def discard_checkpoints(ctx: StageContext) -> None:

@@ -45,7 +45,7 @@ def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult
 
     from posttrain.data.stage_data import prompt_data
     from posttrain.reward.scorer import gated_scorer
-    from posttrain.training import callbacks, curves_from_log, final_metrics, load_trainable_model, peft_config, save_stage_model, train, trainer_arguments
+    from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
     config: CriticFreeStageConfig = ctx.config
     reward_dir = ctx.registry.model_dir(config.reward_model) if config.reward_model in ctx.recipe.spec.stages else config.reward_model
@@ -70,7 +70,4 @@ def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult
         peft_config=peft_config(config.lora),
         callbacks=callbacks(ctx),
     )
-    history = train(trainer, ctx)
-    save_stage_model(ctx, trainer.model, tokenizer)
-    metrics = final_metrics(history) | {"reference": ctx.parent, "reward_model": config.reward_model}
-    return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
+    return train_and_save(trainer, ctx, accounting, reference=ctx.parent, reward_model=config.reward_model)

@@ -37,13 +37,10 @@ class DPOStage(PreferenceStage):
     Config = DPOStageConfig
 
     def run(self, ctx: StageContext) -> StageResult:
-        from posttrain.training import curves_from_log, final_metrics, save_stage_model, train
+        from posttrain.training import train_and_save
 
         trainer, accounting = self.build_trainer(ctx)
-        history = train(trainer, ctx)
-        save_stage_model(ctx, trainer.model, trainer.processing_class)
-        metrics = final_metrics(history) | {"reference": self.reference_name(ctx)}
-        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
+        return train_and_save(trainer, ctx, accounting, reference=self.reference_name(ctx))
 
     @staticmethod
     def reference_name(ctx: StageContext) -> str:

@@ -34,7 +34,7 @@ class KTOStage(Stage):
         from datasets import Dataset
         from trl import KTOConfig, KTOTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
+        from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
         config: KTOStageConfig = ctx.config
         from posttrain.data.stage_data import kto_data
@@ -56,7 +56,4 @@ class KTOStage(Stage):
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        history = train(trainer, ctx)
-        save_stage_model(ctx, trainer.model, tokenizer)
-        metrics = final_metrics(history) | weights | {"reference": ctx.parent}
-        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
+        return train_and_save(trainer, ctx, accounting, **weights, reference=ctx.parent)

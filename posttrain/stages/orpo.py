@@ -24,7 +24,7 @@ class ORPOStage(PreferenceStage):
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         from posttrain.data.stage_data import preference_data
-        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
+        from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
         config: ORPOStageConfig = ctx.config
         pairs, accounting = preference_data(config)
@@ -38,6 +38,4 @@ class ORPOStage(PreferenceStage):
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        history = train(trainer, ctx)
-        save_stage_model(ctx, trainer.model, tokenizer)
-        return StageResult(metrics=final_metrics(history), curves=curves_from_log(history), data=accounting)
+        return train_and_save(trainer, ctx, accounting)

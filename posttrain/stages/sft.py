@@ -29,7 +29,7 @@ class SFTStage(Stage):
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, peft_config, save_stage_model, train, trainer_arguments
+        from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
         config: SFTStageConfig = ctx.config
         examples, accounting = sft_data(config)
@@ -49,6 +49,4 @@ class SFTStage(Stage):
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        history = train(trainer, ctx)
-        save_stage_model(ctx, trainer.model, tokenizer)
-        return StageResult(metrics=final_metrics(history), curves=curves_from_log(history), data=accounting)
+        return train_and_save(trainer, ctx, accounting)
