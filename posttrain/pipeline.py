@@ -28,7 +28,7 @@ from posttrain.atomic import is_committed, write_json_atomic
 from posttrain.errors import PosttrainError, StageInterrupted
 from posttrain.progress import ProgressReporter
 from posttrain.recipe import BASE, PlannedStage, Recipe
-from posttrain.registry import ModelRegistry
+from posttrain.model_store import ModelStore
 from posttrain.secrets import redact
 from posttrain.stage import StageContext, StageResult
 
@@ -117,7 +117,7 @@ class Pipeline:
         if unknown:
             raise PosttrainError(f"--force {unknown[0]}: no such stage in this plan; stages: {', '.join(s.name for s in recipe.stages)}")
         self.force = set(force)
-        self.registry = ModelRegistry(self.run_dir, recipe.spec.base, recipe.spec.trust_remote_code, recipe.spec.seed)
+        self.registry = ModelStore(self.run_dir, recipe.spec.base, recipe.spec.trust_remote_code, recipe.spec.seed)
 
     # -- planning -------------------------------------------------------------
     def stage_json_path(self, name: str) -> Path:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from posttrain.data.sources import check_source
 from posttrain.errors import PosttrainError, RecipeError, did_you_mean
 from posttrain.eval.gates import GateSpec, check_gates
-from posttrain.plugins import get_stage
+from posttrain.stage_registry import get_stage
 from posttrain.stage import Stage, StageConfig, TrainStageConfig
 
 BASE = "base"  # registry name of the recipe's starting model

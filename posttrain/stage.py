@@ -1,15 +1,21 @@
-"""The stage contract: what every stage kind, built in or from a plugin, provides.
+"""The stage contract: what every stage kind, built in or from a plugin, declares and provides.
 
-A stage kind is a class with a `kind` name, a pydantic `Config` (validated before any
-model is loaded) and a `run(ctx)` that reads its parent through `ctx.registry`, does its
-work, saves its model through the registry when it trains one, and returns a
-`StageResult`. The pipeline handles caching, manifests and the run directory; a stage
-knows nothing about the stages around it beyond its parent's name.
+A stage kind is a class that declares
+  - `kind`, the name recipes use, and `role` (a `Role`): what the rest of posttrain may do
+    with its output (start from it, evaluate it, let it judge, read its data, gate on it);
+  - `Config`, a pydantic model validated before any model is loaded;
+  - `inputs(config)`: the names it reads (parent, evaluated models, judge, data sources);
+    the recipe links them, the pipeline fingerprints and resolves them;
+and implements `run(ctx)`, which receives its resolved inputs (`ctx.inputs`), its
+prepared data (`ctx.data`), and returns a `StageResult`. Nothing else is inferred:
+the recipe, plan, pipeline, gates, compare and reports all read these declarations
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -17,9 +23,52 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from posttrain.data.accounting import DataAccounting
+    from posttrain.model_store import ModelRef, ModelStore
     from posttrain.progress import ProgressReporter
-    from posttrain.recipe import Recipe
-    from posttrain.registry import ModelRegistry
+
+BASE = "base"  # the recipe's starting model, by name, everywhere
+STAGE_DATA_PREFIX = "stage:"  # `data: stage:<name>` reads what a data stage wrote
+
+
+class Role(str, Enum):
+    """What a stage's output is for. The recipe checks every reference against these roles."""
+
+    POLICY = "policy"  # trains the assistant: later policy stages start from it, evaluation stages evaluate it
+    REWARD = "reward"  # trains a scorer: RL and evaluation stages use it as a judge; never a parent
+    EVALUATION = "evaluation"  # scores models; its result is the run's evaluation (reports, gates, compare)
+    DATA = "data"  # writes `<run>/<stage>/data.jsonl`; later stages read it with `data: stage:<name>`
+
+    @property
+    def produces_model(self) -> bool:
+        return self in (Role.POLICY, Role.REWARD)
+
+
+class _PreviousPolicy:
+    def __repr__(self) -> str:
+        return "PREVIOUS_POLICY"
+
+
+PREVIOUS_POLICY = _PreviousPolicy()  # parent default: the latest policy stage before this one (or base)
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """The names a stage reads, as declared by its kind from its config."""
+
+    parent: str | _PreviousPolicy | None = None  # the model it starts from: BASE, a policy stage, or PREVIOUS_POLICY
+    evaluates: Literal["all"] | tuple[str, ...] = ()  # policy models it evaluates ("all": base and every policy stage)
+    judge: str | None = None  # a reward stage, or a reward model directory
+    data: tuple[str, ...] = ()  # data sources: files, builtin:..., hub names, or stage:<data stage>
+
+
+@dataclass
+class ResolvedInputs:
+    """`StageInputs` after linking and resolution: what `run` receives on its context."""
+
+    parent: ModelRef | None = None
+    evaluated: list[ModelRef] = field(default_factory=list)
+    judge: ModelRef | None = None
+    data_files: dict[str, Path] = field(default_factory=dict)  # stage:<name> source -> the file that stage wrote
 
 
 class StageConfig(BaseModel):
@@ -89,57 +138,77 @@ class PreferenceStageConfig(TrainStageConfig):
 
 
 @dataclass
+class PreparedData:
+    """A stage's data, read, checked and converted once (before anything trains) and handed to `run`."""
+
+    examples: list[dict]
+    accounting: DataAccounting
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. KTO's class weights
+
+
+@dataclass
 class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, list] = field(default_factory=dict)  # metric name -> [[step, value], ...]
     data: DataAccounting | None = None
-    evaluation: dict[str, Any] | None = None  # eval stages: per-model scores and settings
+    evaluation: Any = None  # evaluation stages: a posttrain.results.Evaluation
 
 
 @dataclass
 class StageContext:
     name: str
     config: StageConfig
-    parent: str | None  # registry name of the model this stage starts from
-    recipe: Recipe
     stage_dir: Path
-    registry: ModelRegistry
+    store: ModelStore
     progress: ProgressReporter
+    inputs: ResolvedInputs
+    seed: int = 0
     fingerprint: str = ""  # identifies this stage's exact inputs; checkpoints are tied to it
-    evaluated_models: list[str] = field(default_factory=list)  # eval stages: what to evaluate
-    # Fingerprints of the stages this one reads (and `base`): lets a stage cache per-input work.
-    dependency_fingerprints: dict[str, str] = field(default_factory=dict)
+    data: PreparedData | None = None
+
+    @property
+    def parent(self) -> ModelRef | None:
+        return self.inputs.parent
 
 
 class Stage:
     kind: ClassVar[str]
+    role: ClassVar[Role]
     Config: ClassVar[type[StageConfig]] = StageConfig
-    produces_model: ClassVar[bool] = False
-    model_role: ClassVar[str] = "policy"  # "reward": a scorer, never a parent of a policy or an evaluated model
+
+    @classmethod
+    def inputs(cls, config: StageConfig) -> StageInputs:
+        """The names this stage reads. Default: nothing."""
+        return StageInputs()
 
     @classmethod
     def fingerprint_inputs(cls, config: StageConfig) -> dict:
-        """Content hashes of what the stage reads besides its parent (its data, by default)."""
+        """Content hashes of the files the stage reads (its data sources; `stage:` sources are
+        covered by the producing stage's fingerprint)."""
         from posttrain.data.sources import source_digest
 
-        data = getattr(config, "data", None)
-        return {"data": source_digest(data)} if data else {}
+        return {"data": {s: source_digest(s) for s in cls.inputs(config).data if not s.startswith(STAGE_DATA_PREFIX)}}
 
     @classmethod
-    def check_inputs(cls, config: StageConfig) -> None:
-        """Called for every stage that will run, before any of them trains: fail fast on bad data."""
+    def measured_metrics(cls, config: StageConfig) -> list[str] | None:
+        """Evaluation stages: the `task/metric` names release gates may name (None: not known before the run)."""
+        return None
+
+    @classmethod
+    def prepare_data(cls, config: StageConfig, data_files: dict[str, Path], seed: int) -> PreparedData | None:
+        """Read, check and convert the stage's data once. Called before any stage trains (or, for data
+        a data stage writes, just before this stage runs); the result arrives as `ctx.data`."""
+        return None
 
     def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
 
 
-class PreferenceStage(Stage):
-    """A stage trained on preference pairs: its data is converted (and checked) up front."""
+class TrainingStage(Stage):
+    """A stage that trains a model from a parent on one data source (the TrainStageConfig fields)."""
 
-    produces_model = True
+    role = Role.POLICY
 
     @classmethod
-    def check_inputs(cls, config: PreferenceStageConfig) -> None:
-        from posttrain.data.stage_data import preference_data
-
-        preference_data(config)
+    def inputs(cls, config: TrainStageConfig) -> StageInputs:
+        return StageInputs(parent=config.from_ or PREVIOUS_POLICY, data=(config.data,))

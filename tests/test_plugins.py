@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from posttrain.errors import RecipeError
-from posttrain.plugins import register_stage, stage_kinds
+from posttrain.stage_registry import register_stage, stage_kinds
 from posttrain.stage import Stage
 
 

@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 
 from conftest import quick_sft, run_cli, tiny_recipe
-from posttrain.registry import ModelRegistry
+from posttrain.model_store import ModelStore
 from posttrain.reward.scorer import RewardScorer
 
 
@@ -25,7 +25,7 @@ def test_lora_reward_model_saves_and_restores_its_score_head(write_recipe, tmp_p
     merged = RewardScorer.from_directory(out / "rm" / "model").score(conversations)
 
     # Rebuild as a user would: the parent backbone with a fresh head, plus the saved adapter.
-    registry = ModelRegistry(out, "builtin:tiny-chat")
+    registry = ModelStore(out, "builtin:tiny-chat")
     fresh = registry.load_model("sft", head="reward")
     fresh_scores = RewardScorer(fresh, registry.load_tokenizer("sft")).score(conversations)
     restored = RewardScorer(PeftModel.from_pretrained(registry.load_model("sft", head="reward"), out / "rm" / "adapter"),

@@ -40,7 +40,7 @@ def test_pickled_weights_are_refused(write_recipe, tmp_path):
 
 def test_trust_remote_code_is_off_unless_the_recipe_opts_in(write_recipe, tmp_path):
     from posttrain.recipe import load_recipe
-    from posttrain.registry import ModelRegistry
+    from posttrain.model_store import ModelStore
 
     path = write_recipe(tiny_recipe(sft=quick_sft(max_steps=1)))
     assert load_recipe(path).spec.trust_remote_code is False
@@ -56,7 +56,7 @@ def test_trust_remote_code_is_off_unless_the_recipe_opts_in(write_recipe, tmp_pa
             seen.update(kwargs)
             return torch.nn.Linear(1, 1)
 
-    ModelRegistry(tmp_path, "x")._from_pretrained(Recorder, "x")
+    ModelStore(tmp_path, "x")._from_pretrained(Recorder, "x")
     assert "trust_remote_code" not in seen
-    ModelRegistry(tmp_path, "x", trust_remote_code=True)._from_pretrained(Recorder, "x")
+    ModelStore(tmp_path, "x", trust_remote_code=True)._from_pretrained(Recorder, "x")
     assert seen["trust_remote_code"] is True

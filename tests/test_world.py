@@ -7,7 +7,7 @@ import json
 from posttrain.embedded import world
 from posttrain.embedded.tokenizer_build import TOKENIZER_DIR, build_tokenizer
 from posttrain.eval.suites import TASKS_DIR
-from posttrain.registry import tokenizer_fingerprint
+from posttrain.model_store import tokenizer_fingerprint
 
 
 def test_held_out_prompts_never_appear_in_training_data():

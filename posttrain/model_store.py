@@ -1,9 +1,14 @@
-"""The model registry: the one place that resolves, loads and saves models and tokenizers.
+"""The model store: the one place that resolves a model's name, loads it and saves it.
 
-Names: `base` is the recipe's starting model (`builtin:<name>`, a local directory or a
-hub id); every training stage's name resolves to `<run>/<stage>/model/`. The tokenizer
-and chat template travel with each saved model, and every hand-over between stages checks
-they did not drift.
+`resolve(name)` is the only resolver from a name to a `ModelRef`, in this order:
+  1. `base`: the recipe's starting model (`builtin:<name>`, a local directory or a hub id);
+  2. a stage of this run's plan (registered by the pipeline with its role and fingerprint):
+     `<run>/<stage>/model/`;
+  3. a committed model of an earlier stage in this run directory (for tools and tests that
+     open a finished run without its recipe);
+  4. an existing directory outside the run (e.g. a reward model trained elsewhere).
+The tokenizer and chat template travel with each saved model, and every hand-over between
+stages checks they did not drift.
 """
 
 from __future__ import annotations
@@ -15,12 +20,28 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from dataclasses import dataclass
+
 from posttrain.atomic import atomic_directory, is_committed
 from posttrain.errors import PosttrainError, StageError
+from posttrain.run_layout import RunLayout
+from posttrain.stage import BASE, Role
 
 BUILTIN_PREFIX = "builtin:"
-MODEL_DIRNAME = "model"
-ADAPTER_DIRNAME = "adapter"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model name: what to load, what it is for, and what identifies its content."""
+
+    name: str  # as recipes name it: base, a stage, or a directory
+    location: str  # what from_pretrained reads: a directory, builtin:<name> or a hub id
+    role: Role
+    fingerprint: str  # the producing stage's fingerprint (base: recipe base + seed; a directory: its files)
+    manifest: Path | None = None  # the producing stage's stage.json, when a stage of a run made it
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -33,44 +54,75 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ModelRegistry:
+def directory_fingerprint(directory: Path) -> str:
+    """Identity of a model directory outside the run (names, sizes, modification times): cheap, and
+    it changes whenever the weights are rewritten."""
+    h = hashlib.sha256(str(Path(directory).resolve()).encode())
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            h.update(f"{path.relative_to(directory)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+class ModelStore:
     def __init__(self, run_dir: Path, base: str, trust_remote_code: bool = False, seed: int = 0):
-        self.run_dir = Path(run_dir)
+        self.layout = RunLayout(Path(run_dir))
         self.base = base
         self.trust_remote_code = trust_remote_code
         self.seed = seed
+        self._stages: dict[str, tuple[Role, str]] = {}  # this run's model stages: name -> (role, fingerprint)
 
-    # -- where things are -------------------------------------------------
-    def model_dir(self, name: str) -> Path:
-        return self.run_dir / name / MODEL_DIRNAME
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.root
 
-    def describe(self, name: str) -> str:
-        """Human-readable location of a model, for plans and manifests."""
-        return self.base if name == "base" else str(self.model_dir(name))
+    @property
+    def base_fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.base}|seed={self.seed}".encode()).hexdigest()[:16]
 
-    def _source(self, name: str) -> str:
-        if name == "base":
-            return self.base
-        if "/" in name and Path(name).is_dir():  # a model directory named directly (e.g. a reward model)
+    def register_stage(self, name: str, role: Role, fingerprint: str) -> None:
+        """The pipeline announces each planned model stage, so its name resolves with role and fingerprint."""
+        self._stages[name] = (role, fingerprint)
+
+    # -- resolving ------------------------------------------------------------
+    def resolve(self, name: str | ModelRef, expected: Role = Role.POLICY) -> ModelRef:
+        """The one resolver from a name to a model (order in the module docstring)."""
+        if isinstance(name, ModelRef):
             return name
-        directory = self.model_dir(name)
-        if not is_committed(directory):
-            raise StageError(f"model '{name}' has no committed checkpoint at {directory}; run its stage first")
-        return str(directory)
+        if name == BASE:
+            return ModelRef(BASE, self.base, Role.POLICY, self.base_fingerprint)
+        directory = self.layout.model_dir(name)
+        if name in self._stages:
+            role, fingerprint = self._stages[name]
+            return ModelRef(name, str(directory), role, fingerprint, self.layout.manifest(name))
+        if is_committed(directory):
+            return ModelRef(name, str(directory), expected, directory_fingerprint(directory), self.layout.manifest(name))
+        if Path(name).is_dir():
+            return ModelRef(name, name, expected, directory_fingerprint(Path(name)))
+        raise StageError(f"model '{name}' has no committed checkpoint at {directory}; run its stage first")
+
+    def model_dir(self, name: str) -> Path:
+        return self.layout.model_dir(name)
+
+    def _source(self, ref: ModelRef) -> str:
+        if ref.name in self._stages and not is_committed(Path(ref.location)):
+            raise StageError(f"model '{ref.name}' has no committed checkpoint at {ref.location}; run its stage first")
+        return ref.location
 
     # -- loading --------------------------------------------------------------
-    def load_tokenizer(self, name: str) -> PreTrainedTokenizerBase:
-        source = self._source(name)
+    def load_tokenizer(self, name: str | ModelRef) -> PreTrainedTokenizerBase:
+        source = self._source(self.resolve(name))
         if source.startswith(BUILTIN_PREFIX):
             from posttrain.embedded.model import load_embedded_tokenizer
 
             return load_embedded_tokenizer()
         return self._from_pretrained(AutoTokenizer, source)
 
-    def load_model(self, name: str, dtype: torch.dtype = torch.float32, head: str = "causal", quantize: str | None = None) -> PreTrainedModel:
+    def load_model(self, name: str | ModelRef, dtype: torch.dtype = torch.float32, head: str = "causal", quantize: str | None = None) -> PreTrainedModel:
         """A model by registry name. head="reward" puts a fresh one-output score head on the
         same backbone (what a reward model trains); quantize="4bit" loads it for QLoRA."""
-        source = self._source(name)
+        source = self._source(self.resolve(name))
         if source.startswith(BUILTIN_PREFIX):
             source = self._materialize_builtin(source)
         kwargs = {"dtype": dtype}
@@ -95,7 +147,7 @@ class ModelRegistry:
         builtin = source.removeprefix(BUILTIN_PREFIX)
         if builtin not in EMBEDDED_MODELS:
             raise PosttrainError(f"unknown built-in model '{source}'; built-in: {', '.join(BUILTIN_PREFIX + n for n in EMBEDDED_MODELS)}")
-        directory = self.run_dir / ".builtin" / f"{builtin}-seed{self.seed}"
+        directory = self.layout.builtin_dir(f"{builtin}-seed{self.seed}")
         if not is_committed(directory):
             tokenizer = load_embedded_tokenizer()
             with atomic_directory(directory) as tmp:
@@ -115,15 +167,15 @@ class ModelRegistry:
             raise PosttrainError(f"cannot load '{source}' as a {where}: {str(e).splitlines()[0]}") from None
 
     # -- saving ---------------------------------------------------------------
-    def save(self, name: str, model, tokenizer: PreTrainedTokenizerBase, parent: str | None = None, head: str = "causal") -> Path:
+    def save(self, name: str, model, tokenizer: PreTrainedTokenizerBase, parent: str | ModelRef | None = None, head: str = "causal") -> Path:
         """Save a stage's model (merged, loadable by from_pretrained) and, for LoRA, its adapter.
 
         A QLoRA model is merged into a full-precision copy of its parent (`parent`), never
         into the 4-bit weights, so the saved model has no quantization loss baked in.
         """
-        stage_dir = self.run_dir / name
+        adapter_dir = self.layout.adapter_dir(name)
         if hasattr(model, "peft_config"):
-            with atomic_directory(stage_dir / ADAPTER_DIRNAME) as tmp:
+            with atomic_directory(adapter_dir) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
             if getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model.model, "is_loaded_in_4bit", False):
@@ -131,17 +183,17 @@ class ModelRegistry:
 
                 if parent is None:
                     raise StageError(f"stage '{name}': a 4-bit model needs its parent's name to be merged in full precision")
-                model = PeftModel.from_pretrained(self.load_model(parent, head=head), stage_dir / ADAPTER_DIRNAME)
+                model = PeftModel.from_pretrained(self.load_model(parent, head=head), adapter_dir)
             # The adapter stays on disk for users who want it; the merged model is what the
             # next stage and plain from_pretrained users get. (Merging modifies `model`.)
             model = model.merge_and_unload()
-        with atomic_directory(stage_dir / MODEL_DIRNAME) as tmp:
+        with atomic_directory(self.layout.model_dir(name)) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-        return stage_dir / MODEL_DIRNAME
+        return self.layout.model_dir(name)
 
     # -- hand-over checks -------------------------------------------------------
-    def check_tokenizer_carried(self, parent: str, child: str) -> str:
+    def check_tokenizer_carried(self, parent: str | ModelRef, child: str) -> str:
         """Fail when a stage changed the tokenizer or chat template it inherited."""
         before = tokenizer_fingerprint(self.load_tokenizer(parent))
         after = tokenizer_fingerprint(self.load_tokenizer(child))

@@ -105,7 +105,7 @@ class EvalStage(Stage):
         return entry, hit
 
     def run(self, ctx: StageContext) -> StageResult:
-        from posttrain.registry import tokenizer_fingerprint
+        from posttrain.model_store import tokenizer_fingerprint
 
         config: EvalStageConfig = ctx.config
         settings = EvalSettings(
