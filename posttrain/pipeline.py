@@ -17,7 +17,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import psutil
@@ -30,20 +29,8 @@ from posttrain.progress import ProgressReporter
 from posttrain.recipe import BASE, PlannedStage, Recipe
 from posttrain.model_store import ModelStore
 from posttrain.secrets import redact
+from posttrain.versions import library_versions
 from posttrain.stage import StageContext, StageResult
-
-TRACKED_LIBRARIES = ["posttrain", "torch", "transformers", "trl", "peft", "datasets", "lm_eval", "accelerate"]
-
-
-def library_versions() -> dict[str, str]:
-    found = {}
-    for name in TRACKED_LIBRARIES:
-        try:
-            found[name] = version(name.replace("_", "-"))
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
 
 @dataclass
 class StagePlan:

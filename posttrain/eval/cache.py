@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from posttrain.atomic import write_json_atomic
+from posttrain.versions import library_versions
 
 # Modules whose code decides a score; editing one invalidates every entry.
 _SCORING_MODULES = ("posttrain.eval.harness", "posttrain.eval.metrics", "posttrain.eval.suites", "posttrain.reward.rules")
@@ -32,21 +33,8 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def directory_identity(directory: Path) -> str:
-    """Identity of a model directory outside the run (names, sizes, modification times): cheap, and
-    it changes whenever the weights are rewritten."""
-    h = hashlib.sha256(str(Path(directory).resolve()).encode())
-    for path in sorted(Path(directory).rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            h.update(f"{path.relative_to(directory)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
 class EvalCache:
     def __init__(self, directory: Path, tasks_digest: str, settings: dict):
-        from posttrain.pipeline import library_versions
-
         self.directory = Path(directory)
         self._shared = {"tasks": tasks_digest, "settings": settings, "versions": library_versions(), "code": _code_digest()}
 

@@ -1,6 +1,6 @@
 """The eval stage: every model of the run, on the same tasks, with the same settings.
 
-Models come from the registry by name (`base` and earlier training stages); scores carry
+Models arrive resolved on the context (`ctx.inputs.evaluated`: (`base` and earlier training stages); scores carry
 standard errors; per-document generations (with their reward, when a reward model judges)
 are kept under `<stage>/samples/`. An unchanged model is served from `<stage>/cache/`.
 """
@@ -20,7 +20,8 @@ from posttrain.errors import StageError, did_you_mean
 from posttrain.eval.harness import EvalSettings, evaluate_model
 from posttrain.eval.suites import local_tasks, metric_info, tasks_digest
 from posttrain.eval.winrate import win_rate
-from posttrain.stage import Stage, StageConfig, StageContext, StageResult
+from posttrain.release_gates import MEAN_REWARD, WIN_RATE_METRICS
+from posttrain.stage import BASE, Role, Stage, StageConfig, StageContext, StageInputs, StageResult
 
 BENCHMARK_GROUP = "benchmarks"  # the report's group for lm-eval tasks
 
@@ -62,11 +63,23 @@ def _mean_with_stderr(values: list[float]) -> tuple[float, float]:
 
 class EvalStage(Stage):
     kind = "eval"
+    role = Role.EVALUATION
     Config = EvalStageConfig
+
+    @classmethod
+    def inputs(cls, config: EvalStageConfig) -> StageInputs:
+        evaluates = config.models if config.models == "all" else tuple(config.models)
+        return StageInputs(evaluates=evaluates, judge=config.reward_model)
 
     @classmethod
     def fingerprint_inputs(cls, config: EvalStageConfig) -> dict:
         return {"tasks": tasks_digest(config.tasks)}
+
+    @classmethod
+    def measured_metrics(cls, config: EvalStageConfig) -> list[str]:
+        """Local suites' metrics, and the reward model's when one judges (lm-eval tasks' are known only after they run)."""
+        names = [f"{task}/{metric}" for task, metrics in metric_info(config.tasks).items() for metric in metrics]
+        return names + ([MEAN_REWARD, *WIN_RATE_METRICS] if config.reward_model else [])
 
     @staticmethod
     def _judge(scorer, samples: dict) -> list[float]:
@@ -77,26 +90,22 @@ class EvalStage(Stage):
     @staticmethod
     def _reward_model(ctx: StageContext, config: EvalStageConfig):
         """The gated scorer and an identity for its judgements (for the cache), or (None, None)."""
-        if not config.reward_model:
+        judge = ctx.inputs.judge
+        if judge is None:
             return None, None
-        from posttrain.eval.cache import directory_identity
         from posttrain.reward.scorer import gated_scorer
 
-        is_dir = Path(config.reward_model).is_dir()
-        directory = Path(config.reward_model) if is_dir else ctx.registry.model_dir(config.reward_model)
-        identity = ctx.dependency_fingerprints.get(config.reward_model) if not is_dir else None
-        scorer = gated_scorer(directory, config.min_reward_accuracy, who=f"stage '{ctx.name}'")
-        return scorer, identity or directory_identity(directory)
+        scorer = gated_scorer(Path(judge.location), config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+        return scorer, judge.fingerprint
 
-    def _evaluate_one(self, ctx, name, tokenizer_fp, settings, cache, scorer, judge_id) -> tuple[dict, bool]:
+    def _evaluate_one(self, ctx, model, tokenizer_fp, settings, cache, scorer, judge_id) -> tuple[dict, bool]:
         """One model's entry (scores, samples, rewards by judge) and whether it came from the cache."""
-        model_fp = ctx.dependency_fingerprints.get(name)
-        key = cache.key(f"{model_fp}|{tokenizer_fp}") if cache is not None and model_fp else None
+        key = cache.key(f"{model.fingerprint}|{tokenizer_fp}") if cache is not None else None
         entry = cache.load(key) if key else None
         hit = entry is not None
         if entry is None:
-            result = evaluate_model(ctx.registry.load_model(name), ctx.registry.load_tokenizer(name), ctx.config.tasks, settings)
-            entry = {"model": name, "model_fingerprint": model_fp, **result, "rewards": {}}
+            result = evaluate_model(ctx.store.load_model(model), ctx.store.load_tokenizer(model), ctx.config.tasks, settings)
+            entry = {"model": model.name, "model_fingerprint": model.fingerprint, **result, "rewards": {}}
         judged = scorer is None or judge_id in entry["rewards"]
         if not judged:  # stored generations, new judge: score them without generating again
             entry["rewards"][judge_id] = self._judge(scorer, entry["samples"])
@@ -110,7 +119,7 @@ class EvalStage(Stage):
         config: EvalStageConfig = ctx.config
         settings = EvalSettings(
             max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, system_prompt=config.system_prompt,
-            num_fewshot=config.num_fewshot, seed=ctx.recipe.spec.seed, limit=config.limit,
+            num_fewshot=config.num_fewshot, seed=ctx.seed, limit=config.limit,
         )
         scorer, judge_id = self._reward_model(ctx, config)
         cache = None
@@ -120,17 +129,19 @@ class EvalStage(Stage):
             cache = EvalCache(ctx.stage_dir / "cache", tasks_digest(config.tasks), settings.to_dict())
 
         entries, template_fingerprints, hits = {}, {}, []
-        ctx.progress.start(ctx.name, len(ctx.evaluated_models))
-        for i, name in enumerate(ctx.evaluated_models):
-            template_fingerprints[name] = tokenizer_fingerprint(ctx.registry.load_tokenizer(name))
-            entries[name], hit = self._evaluate_one(ctx, name, template_fingerprints[name], settings, cache, scorer, judge_id)
+        evaluated = ctx.inputs.evaluated
+        ctx.progress.start(ctx.name, len(evaluated))
+        for i, model in enumerate(evaluated):
+            name = model.name
+            template_fingerprints[name] = tokenizer_fingerprint(ctx.store.load_tokenizer(model))
+            entries[name], hit = self._evaluate_one(ctx, model, template_fingerprints[name], settings, cache, scorer, judge_id)
             if hit:
                 hits.append(name)
             rows = _ordered_samples(entries[name]["samples"])
             rewards = entries[name]["rewards"].get(judge_id) if scorer is not None else None
             lines = [json.dumps(s | ({"reward": rewards[j]} if rewards else {})) for j, s in enumerate(rows)]
             write_text_atomic(ctx.stage_dir / "samples" / f"{name}.jsonl", "\n".join(lines) + "\n")
-            ctx.progress.update(i + 1, len(ctx.evaluated_models), f"{name} {'(from cache)' if hit else 'evaluated'}")
+            ctx.progress.update(i + 1, len(evaluated), f"{name} {'(from cache)' if hit else 'evaluated'}")
         ctx.progress.finish(f"(from cache: {', '.join(hits)})" if hits else "")
         if len(set(template_fingerprints.values())) > 1:
             raise StageError(f"models were evaluated with different tokenizers or chat templates: {template_fingerprints}; the comparison would not be fair")
@@ -157,7 +168,7 @@ class EvalStage(Stage):
             "examples": self._examples(config, entries, rewards),
             "cache": {"hits": hits, "misses": [n for n in entries if n not in hits]},
             # Lets `posttrain compare` show a model shared by several runs (e.g. the same SFT) once.
-            "model_fingerprints": {name: ctx.dependency_fingerprints.get(name) for name in entries},
+            "model_fingerprints": {model.name: model.fingerprint for model in evaluated},
         }
         return StageResult(metrics={"models_evaluated": len(models), "models_from_cache": len(hits)}, evaluation=evaluation)
 
@@ -182,7 +193,7 @@ class EvalStage(Stage):
         texts = {name: [s["response"] for s in _ordered_samples(e["samples"])] for name, e in entries.items()}
         out = {}
         for name in rewards:
-            if name not in (baseline, "base"):
+            if name not in (baseline, BASE):
                 w = win_rate(rewards[name], rewards[baseline], texts[name], texts[baseline])
                 out[f"{name}_vs_{baseline}"] = {"candidate": name, "baseline": baseline, **w}
         return out
