@@ -1,15 +1,17 @@
 """The `posttrain` command: run, validate and plan recipes; compare finished runs.
 
-typer parses the command line; user errors (PosttrainError) print as one line and exit
-with status 2, bugs keep their traceback, and `--debug` shows the traceback for both.
+typer parses the command line. `main(argv)` returns the exit status instead of exiting,
+so tests and launchers (`python -m posttrain`, `accelerate launch -m posttrain`) call it
+directly. User errors (PosttrainError) print as one line and exit with status 2 (3 for a
+blocked release, 130 for an interrupted stage); usage errors print click's usage message
+and exit with status 2; bugs keep their traceback, and `--debug` shows the traceback of a
+user error too.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,10 +19,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from posttrain.environment import apply_offline_defaults
 from posttrain.errors import PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every subcommand
                   help="Post-train a language model from one recipe: SFT, preference alignment, evaluation, comparison.")
+# Replaced at every `main()` call, so that each invocation writes to the sys.stdout and
+# uses the COLUMNS of its own call (rich reads COLUMNS when a Console is created).
 console = Console()
 from posttrain.data.cli import app as data_app  # noqa: E402
 app.add_typer(data_app, name="data")
@@ -31,20 +37,25 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default runs/<recipe name>/).")]
 
 
-def _environment_defaults() -> None:
-    # Nothing in a recipe run should wait on a hub it cannot reach; users who want hub
-    # models online set HF_HUB_OFFLINE=0 explicitly.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    # Our progress display replaces the libraries' tqdm bars (datasets, lm-eval, weights).
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    # bitsandbytes warns on CPU that it could not fetch an optional kernel from the hub.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    # TRL 1.16 still calls a transformers method renamed in 5.x; nothing for users to act on.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+def installed_version() -> str:
+    try:
+        return version("posttrain")
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"posttrain {installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the installed version and exit.")] = False,
+):
+    pass
 
 
 def _load(recipe: Path, profile: str | None, overrides: list[str] | None):
@@ -123,12 +134,13 @@ def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, out
     recipe_plan = _load(recipe, profile, set_)
     pipeline = Pipeline(recipe_plan, _run_dir(recipe_plan, output))
     table = Table(title=f"{recipe_plan.name}: profile {recipe_plan.profile or '(all stages)'} -> {pipeline.run_dir}")
-    for column in ("#", "stage", "kind", "starts from / evaluates", "data", "fingerprint", "state"):
+    for column in ("#", "stage", "kind", "role", "starts from / evaluates", "judge", "data", "fingerprint", "state"):
         table.add_column(column)
     for i, p in enumerate(pipeline.plan(), start=1):
-        source = pipeline.registry.describe(p.stage.parent) if p.stage.parent else ", ".join(p.stage.evaluated_models)
-        data = getattr(p.stage.config, "data", None) or ", ".join(getattr(p.stage.config, "tasks", []) or [])
-        table.add_row(str(i), p.stage.name, p.stage.kind, source, data, p.fingerprint, "cached" if p.cached else "will run")
+        stage = p.stage
+        source = pipeline.store.resolve(stage.parent).location if stage.parent else ", ".join(stage.evaluated)
+        table.add_row(str(i), stage.name, stage.kind, stage.role.value, source, stage.judge or "", ", ".join(stage.data),
+                      p.fingerprint, "cached" if p.cached else "will run")
     console.print(table)
 
 
@@ -147,33 +159,57 @@ def compare(
     console.print(f"comparison: {output}  (results.json, report.md, report.html)")
 
 
-def main() -> None:
-    _environment_defaults()
-    debug = "--debug" in sys.argv
-    if debug:
-        sys.argv.remove("--debug")
+def main(argv: list[str] | None = None) -> int:
+    """Run `posttrain ARGV` (default: sys.argv[1:]) and return the exit status.
+
+    `--debug` anywhere on the line is taken out before parsing (sys.argv is left alone)
+    and makes a user error raise with its traceback instead of printing one line.
+    """
+    global console
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [arg for arg in args if arg != "--debug"]
+    apply_offline_defaults()
+    console = Console()
     try:
-        app(standalone_mode=False)
+        status = app(args=args, prog_name="posttrain", standalone_mode=False)
     except PosttrainError as e:
         if debug:
             raise
         from posttrain.secrets import redact
 
         print(f"error: {redact(str(e))}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # click's usage errors arrive here with standalone_mode=False
-        import click
+        return e.exit_code
+    except typer.Abort:  # end of input at a prompt
+        print("Aborted!", file=sys.stderr)
+        return 1
+    except typer.TyperException as e:  # typer's copy of click's usage errors, and its own
+        return _show_usage_error(e)
+    # typer returns the status of an explicit exit (--help, --version: 0; Ctrl-C outside a
+    # stage: 130) and the command's return value (None) otherwise.
+    return status if isinstance(status, int) else 0
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+
+def _show_usage_error(error: typer.TyperException) -> int:
+    # `posttrain` or `posttrain data` alone: the help, as for --help. typer checks the class
+    # by name too (its rich_utils), as NoArgsIsHelpError is not exported.
+    if type(error).__name__ == "NoArgsIsHelpError":
+        text = error.format_message()  # empty with rich help: typer has printed it already
+        if text:
+            print(text)
+        return 0
+    show = getattr(error, "show", None)
+    if show is not None:
+        show()  # "Usage: ...", "Try 'posttrain run -h' for help.", "Error: ..." on stderr
+    else:
+        print(f"Error: {error.format_message()}", file=sys.stderr)
+    return error.exit_code
+
+
+def console_script() -> None:
+    """The `posttrain` executable (pyproject [project.scripts])."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    main()
+    console_script()

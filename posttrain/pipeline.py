@@ -26,18 +26,25 @@ from transformers import set_seed
 from posttrain.atomic import is_committed, write_json_atomic
 from posttrain.errors import PosttrainError, StageInterrupted
 from posttrain.progress import ProgressReporter
-from posttrain.recipe import BASE, PlannedStage, Recipe
 from posttrain.model_store import ModelStore
+from posttrain.recipe import PlannedStage, Recipe
+from posttrain.run_layout import RunLayout
 from posttrain.secrets import redact
 from posttrain.versions import library_versions
-from posttrain.stage import StageContext, StageResult
+from posttrain.stage import BASE, STAGE_DATA_PREFIX, PreparedData, ResolvedInputs, Role, StageContext, StageResult
 
 @dataclass
-class StagePlan:
+class ScheduledStage:
+    """A planned stage with its fingerprint and whether the run can reuse its committed output."""
+
     stage: PlannedStage
     fingerprint: str
     cached: bool
     dependency_fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reads_stage_data(self) -> bool:
+        return any(s.startswith(STAGE_DATA_PREFIX) for s in self.stage.data)
 
 
 class PeakMemory:
@@ -74,8 +81,8 @@ class PeakMemory:
 class RunLock:
     """An exclusive flock on <run>/.lock; the kernel releases it when the process dies."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+    def __init__(self, layout: RunLayout):
+        self.path = layout.lock
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,24 +111,29 @@ class Pipeline:
         if unknown:
             raise PosttrainError(f"--force {unknown[0]}: no such stage in this plan; stages: {', '.join(s.name for s in recipe.stages)}")
         self.force = set(force)
-        self.registry = ModelStore(self.run_dir, recipe.spec.base, recipe.spec.trust_remote_code, recipe.spec.seed)
+        self.store = ModelStore(self.run_dir, recipe.spec.base, recipe.spec.trust_remote_code, recipe.spec.seed)
+        self.layout = self.store.layout
 
     # -- planning -------------------------------------------------------------
-    def stage_json_path(self, name: str) -> Path:
-        return self.run_dir / name / "stage.json"
-
     def _read_manifest(self, name: str) -> dict | None:
         try:
-            return json.loads(self.stage_json_path(name).read_text())
+            return json.loads(self.layout.manifest(name).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
     def _write_manifest(self, manifest: dict) -> None:
-        write_json_atomic(self.stage_json_path(manifest["name"]), redact(manifest))
+        write_json_atomic(self.layout.manifest(manifest["name"]), redact(manifest))
 
-    def plan(self) -> list[StagePlan]:
+    def _output_committed(self, stage: PlannedStage) -> bool:
+        if stage.role.produces_model:
+            return is_committed(self.layout.model_dir(stage.name))
+        if stage.role is Role.DATA:
+            return self.layout.data_file(stage.name).is_file()
+        return True
+
+    def plan(self) -> list[ScheduledStage]:
         versions = library_versions()
-        fingerprints = {BASE: hashlib.sha256(f"{self.recipe.spec.base}|seed={self.recipe.spec.seed}".encode()).hexdigest()[:16]}
+        fingerprints = {BASE: self.store.base_fingerprint}
         plans = []
         for stage in self.recipe.stages:
             identity = {
@@ -134,29 +146,60 @@ class Pipeline:
             }
             fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             fingerprints[stage.name] = fingerprint
+            if stage.role.produces_model:
+                self.store.register_stage(stage.name, stage.role, fingerprint)
             manifest = self._read_manifest(stage.name)
             cached = (
                 stage.name not in self.force
                 and manifest is not None
                 and manifest.get("status") == "completed"
                 and manifest.get("fingerprint") == fingerprint
-                and (not stage.stage_cls.produces_model or is_committed(self.registry.model_dir(stage.name)))
+                and self._output_committed(stage)
             )
-            plans.append(StagePlan(stage, fingerprint, cached, identity["dependencies"]))
+            plans.append(ScheduledStage(stage, fingerprint, cached, identity["dependencies"]))
         return plans
+
+    def _resolve_inputs(self, stage: PlannedStage) -> ResolvedInputs:
+        """Names to models and files, through the store's one resolver."""
+        return ResolvedInputs(
+            parent=self.store.resolve(stage.parent) if stage.parent else None,
+            evaluated=[self.store.resolve(name) for name in stage.evaluated],
+            judge=self.store.resolve(stage.judge, expected=Role.REWARD) if stage.judge else None,
+            data_files={s: self.layout.data_file(s.removeprefix(STAGE_DATA_PREFIX)) for s in stage.data if s.startswith(STAGE_DATA_PREFIX)},
+        )
+
+    def _context(self, plan: ScheduledStage, inputs: ResolvedInputs, data: PreparedData | None) -> StageContext:
+        stage = plan.stage
+        return StageContext(name=stage.name, config=stage.config, stage_dir=self.layout.stage_dir(stage.name), store=self.store,
+                            progress=self.reporter, inputs=inputs, seed=self.recipe.spec.seed, fingerprint=plan.fingerprint, data=data)
+
+    def context(self, name: str) -> StageContext:
+        """The context stage `name` would run with (inputs resolved, data prepared), without running it:
+        for tools and tests that drive one stage by hand."""
+        plan = next((p for p in self.plan() if p.stage.name == name), None)
+        if plan is None:
+            raise PosttrainError(f"no stage '{name}' in this plan; stages: {', '.join(s.name for s in self.recipe.stages)}")
+        return self._context(plan, self._resolve_inputs(plan.stage), self._prepare_data(plan))
+
+    def _prepare_data(self, plan: ScheduledStage) -> PreparedData | None:
+        stage = plan.stage
+        return stage.stage_cls.prepare_data(stage.config, self._resolve_inputs(stage).data_files, self.recipe.spec.seed)
 
     # -- running --------------------------------------------------------------
     def run(self) -> dict:
-        with RunLock(self.run_dir):
+        with RunLock(self.layout):
             if self.recipe.spec.trust_remote_code:
                 self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
             plans = self.plan()
-            for plan in plans:  # every data problem surfaces before the first step of training
-                if not plan.cached:
-                    plan.stage.stage_cls.check_inputs(plan.stage.config)
+            # Data is prepared once per stage. Every data problem surfaces before the first step of
+            # training, except in data that an earlier stage of this run writes: that is prepared
+            # when it exists, just before its reader runs.
+            prepared = {p.stage.name: self._prepare_data(p) for p in plans if not p.cached and not p.reads_stage_data}
             summaries = {}
             for plan in plans:
-                summaries[plan.stage.name] = self._run_stage(plan, plans)
+                if not plan.cached and plan.reads_stage_data:
+                    prepared[plan.stage.name] = self._prepare_data(plan)
+                summaries[plan.stage.name] = self._run_stage(plan, plans, prepared.get(plan.stage.name))
             results = self._collect_results(plans, summaries)
             from posttrain.eval.gates import evaluate_release
             from posttrain.eval.report import write_reports
@@ -167,7 +210,7 @@ class Pipeline:
             write_reports(self.run_dir, results)
             return results
 
-    def _run_stage(self, plan: StagePlan, plans: list[StagePlan]) -> dict:
+    def _run_stage(self, plan: ScheduledStage, plans: list[ScheduledStage], data: PreparedData | None) -> dict:
         stage = plan.stage
         if plan.cached:
             self.reporter.message(f"[dim]{stage.name} ({stage.kind}): cached, fingerprint {plan.fingerprint}[/]")
@@ -175,36 +218,36 @@ class Pipeline:
             manifest["cached"] = True
             return manifest
 
-        stage_dir = self.run_dir / stage.name
-        fingerprints = {p.stage.name: p.fingerprint for p in plans}
+        stage_dir = self.layout.stage_dir(stage.name)
+        inputs = self._resolve_inputs(stage)
         manifest = {
             "name": stage.name,
             "kind": stage.kind,
+            "role": stage.role.value,
             "status": "running",
             "fingerprint": plan.fingerprint,
             "parent": stage.parent,
-            "parent_fingerprint": fingerprints.get(stage.parent),
-            "evaluated_models": stage.evaluated_models or None,
+            "parent_fingerprint": inputs.parent.fingerprint if inputs.parent else None,
+            "evaluated_models": stage.evaluated or None,
+            "judge": stage.judge,
+            "judge_fingerprint": inputs.judge.fingerprint if inputs.judge else None,
+            "data_sources": stage.data or None,
             "base": self.recipe.spec.base,
             "config": stage.config.model_dump(mode="json", by_alias=True),
             "versions": library_versions(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         self._write_manifest(manifest)
-        self.reporter.message(f"[bold]{stage.name}[/] ({stage.kind}) from {stage.parent or ', '.join(stage.evaluated_models)}")
-        context = StageContext(
-            name=stage.name, config=stage.config, parent=stage.parent, recipe=self.recipe,
-            stage_dir=stage_dir, registry=self.registry, progress=self.reporter,
-            fingerprint=plan.fingerprint, evaluated_models=stage.evaluated_models,
-            dependency_fingerprints=plan.dependency_fingerprints,
-        )
+        source = stage.parent or ", ".join(stage.evaluated) or ", ".join(stage.data)
+        self.reporter.message(f"[bold]{stage.name}[/] ({stage.kind}){' from ' + source if source else ''}")
+        context = self._context(plan, inputs, data)
         set_seed(self.recipe.spec.seed)
         started = time.perf_counter()
         try:
             with PeakMemory() as memory:
                 result: StageResult = stage.stage_cls().run(context)
-            if stage.stage_cls.produces_model:
-                manifest["tokenizer_fingerprint"] = self.registry.check_tokenizer_carried(stage.parent, stage.name)
+            if stage.role.produces_model and inputs.parent is not None:
+                manifest["tokenizer_fingerprint"] = self.store.check_tokenizer_carried(inputs.parent, stage.name)
         except BaseException as e:
             error = e
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:

@@ -15,11 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from posttrain.data.sources import check_source
 from posttrain.errors import PosttrainError, RecipeError, did_you_mean
-from posttrain.eval.gates import GateSpec, check_gates
+from posttrain.release_gates import GateSpec, check_gates
+from posttrain.stage import BASE, PREVIOUS_POLICY, STAGE_DATA_PREFIX, Role, Stage, StageConfig
 from posttrain.stage_registry import get_stage
-from posttrain.stage import Stage, StageConfig, TrainStageConfig
-
-BASE = "base"  # registry name of the recipe's starting model
 
 
 class ProfileSpec(BaseModel):
@@ -47,13 +45,18 @@ class RecipeSpec(BaseModel):
 
 @dataclass
 class PlannedStage:
+    """One stage of the chosen profile, its declared inputs linked to names of the plan."""
+
     name: str
     kind: str
     config: StageConfig
     stage_cls: type[Stage]
-    parent: str | None  # training stages: registry name of the starting model
-    evaluated_models: list[str]  # eval stages: registry names to evaluate
-    dependencies: list[str]  # every stage whose output this stage reads (for fingerprints)
+    role: Role
+    parent: str | None  # the model it starts from: base or an earlier policy stage
+    evaluated: list[str]  # evaluation stages: base and/or earlier policy stages
+    judge: str | None  # an earlier reward stage, or a reward model directory
+    data: list[str]  # its data sources (stage:<name> for what a data stage wrote)
+    dependencies: list[str]  # base and every stage whose output this stage reads (for fingerprints)
 
 
 @dataclass
@@ -151,9 +154,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
             raise RecipeError(f"{path}: profiles.{profile}.stages: '{name}' is not a stage{did_you_mean(name, spec.stages)}; stages: {', '.join(spec.stages)}")
 
     stages = {name: _resolve_variant(path, spec, name, raw) for name, raw in spec.stages.items()}
-    planned: list[PlannedStage] = []
-    trained: list[str] = []  # policy-training stages so far, in order
-    reward_models: list[str] = []  # reward_model stages so far
+    linker = _Linker(path, spec, profile, selected)
     for name in [s for s in spec.stages if s in selected]:  # recipe order, whatever the profile's order
         raw_stage, key = stages[name]
         if not isinstance(raw_stage, dict) or "kind" not in raw_stage:
@@ -163,41 +164,89 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
             config = stage_cls.Config.model_validate(raw_stage)
         except ValidationError as e:
             raise RecipeError(_describe_validation_error(str(path), key, e, stage_cls.Config)) from None
-
-        parent, evaluated = None, []
-        if isinstance(config, TrainStageConfig):
-            parent = config.from_ or (trained[-1] if trained else BASE)
-            if parent != BASE and parent not in trained:
-                hint = "it comes later in the recipe" if parent in spec.stages and parent in selected else (
-                    f"it is not in profile '{profile}'" if parent in spec.stages else f"no such stage{did_you_mean(parent, [BASE, *trained])}")
-                if parent in reward_models:
-                    hint = "it is a reward model, not a policy"
-                raise RecipeError(f"{path}: {key}.from: '{parent}' is not an earlier training stage ({hint}); use 'base' or one of: {', '.join([BASE, *trained]) or BASE}")
-            try:
-                check_source(config.data)
-            except PosttrainError as e:
-                raise RecipeError(f"{path}: {key}.data: {e}") from None
-            (reward_models if stage_cls.model_role == "reward" else trained).append(name)
-        models = getattr(config, "models", None)
-        if models is not None:
-            evaluated = [BASE, *trained] if models == "all" else list(models)
-            for m in evaluated:
-                if m != BASE and m not in trained:
-                    raise RecipeError(f"{path}: {key}.models: '{m}' is not an earlier policy-training stage{did_you_mean(m, [BASE, *trained])}; choose from: {', '.join([BASE, *trained])}")
-        reward_model = getattr(config, "reward_model", None)
-        if reward_model is not None and reward_model not in reward_models:
-            if not Path(reward_model).is_dir():
-                raise RecipeError(f"{path}: {key}.reward_model: '{reward_model}' is neither an earlier reward_model stage{did_you_mean(reward_model, reward_models)} nor a model directory")
-            from posttrain.reward.scorer import not_a_reward_model
-
-            problem = not_a_reward_model(Path(reward_model))
-            if problem:
-                raise RecipeError(f"{path}: {key}.reward_model: {problem}")
-        dependencies = [d for d in [parent, *evaluated, reward_model] if d is not None and (d == BASE or d in spec.stages)]
-        planned.append(PlannedStage(name, config.kind, config, stage_cls, parent, evaluated, dependencies))
+        linker.add(name, key, config, stage_cls)
     if profile:
-        check_gates(path, profile, spec.profiles[profile].gates, planned)
-    return Recipe(path=path, spec=spec, profile=profile, stages=planned)
+        check_gates(path, profile, spec.profiles[profile].gates, linker.planned)
+    return Recipe(path=path, spec=spec, profile=profile, stages=linker.planned)
+
+
+class _Linker:
+    """Links each stage's declared inputs (`Stage.inputs`) to earlier stages by role, in recipe order."""
+
+    def __init__(self, path: Path, spec: RecipeSpec, profile: str | None, selected: list[str]):
+        self.path, self.spec, self.profile, self.selected = path, spec, profile, selected
+        self.planned: list[PlannedStage] = []
+
+    def _names(self, role: Role) -> list[str]:
+        return [s.name for s in self.planned if s.role is role]
+
+    def _not_earlier(self, name: str, wanted: Role) -> str:
+        """Why `name` is not an earlier stage of role `wanted`: the hint of the error line."""
+        if name in self.spec.stages and name in self.selected and name not in {s.name for s in self.planned}:
+            return "it comes later in the recipe"
+        other = next((s for s in self.planned if s.name == name), None)
+        if other is not None:
+            return f"it is a {other.role.value} stage ({other.kind}), not a {wanted.value} stage"
+        if name in self.spec.stages:
+            return f"it is not in profile '{self.profile}'"
+        return f"no such stage{did_you_mean(name, [BASE, *self._names(wanted)])}"
+
+    def add(self, name: str, key: str, config: StageConfig, stage_cls: type[Stage]) -> None:
+        path = self.path
+        declared = stage_cls.inputs(config)
+        policies = self._names(Role.POLICY)
+
+        parent = declared.parent
+        if parent is PREVIOUS_POLICY:
+            parent = policies[-1] if policies else BASE
+        if parent is not None and parent != BASE and parent not in policies:
+            raise RecipeError(f"{path}: {key}.{declared.keys['parent']}: '{parent}' is not an earlier training stage "
+                              f"({self._not_earlier(parent, Role.POLICY)}); use 'base' or one of: {', '.join([BASE, *policies])}")
+
+        evaluated = [BASE, *policies] if declared.evaluates == "all" else list(declared.evaluates)
+        for model in evaluated:
+            if model != BASE and model not in policies:
+                raise RecipeError(f"{path}: {key}.{declared.keys['evaluates']}: '{model}' is not an earlier policy-training stage"
+                                  f"{did_you_mean(model, [BASE, *policies])}; choose from: {', '.join([BASE, *policies])}")
+
+        judge = declared.judge
+        if judge is not None and judge not in self._names(Role.REWARD):
+            self._check_judge_directory(f"{key}.{declared.keys['judge']}", judge)
+
+        for source in declared.data:
+            self._check_data_source(f"{key}.{declared.keys['data']}", source)
+
+        if stage_cls.role is Role.EVALUATION and self._names(Role.EVALUATION):
+            raise RecipeError(f"{path}: {key}: a profile has at most one evaluation stage ('{self._names(Role.EVALUATION)[0]}' is "
+                              f"the other); gates, reports and compare read one; evaluate every model in one stage (models: all)")
+
+        produced_by = [s.removeprefix(STAGE_DATA_PREFIX) for s in declared.data if s.startswith(STAGE_DATA_PREFIX)]
+        dependencies = [d for d in [parent, *evaluated, judge, *produced_by] if d is not None and (d == BASE or d in self.spec.stages)]
+        self.planned.append(PlannedStage(name, config.kind, config, stage_cls, stage_cls.role, parent, evaluated, judge,
+                                         list(declared.data), list(dict.fromkeys(dependencies))))
+
+    def _check_judge_directory(self, key: str, judge: str) -> None:
+        rewards = self._names(Role.REWARD)
+        if judge in self.spec.stages or not Path(judge).is_dir():
+            hint = f" ({self._not_earlier(judge, Role.REWARD)})" if judge in self.spec.stages else did_you_mean(judge, rewards)
+            raise RecipeError(f"{self.path}: {key}: '{judge}' is neither an earlier reward_model stage{hint} nor a model directory")
+        from posttrain.reward.scorer import not_a_reward_model
+
+        problem = not_a_reward_model(Path(judge))
+        if problem:
+            raise RecipeError(f"{self.path}: {key}: {problem}")
+
+    def _check_data_source(self, key: str, source: str) -> None:
+        if source.startswith(STAGE_DATA_PREFIX):
+            producer = source.removeprefix(STAGE_DATA_PREFIX)
+            if producer not in self._names(Role.DATA):
+                raise RecipeError(f"{self.path}: {key}: '{source}' does not name an earlier data stage "
+                                  f"({self._not_earlier(producer, Role.DATA)}); data stages: {', '.join(self._names(Role.DATA)) or '(none)'}")
+            return
+        try:
+            check_source(source)
+        except PosttrainError as e:
+            raise RecipeError(f"{self.path}: {key}: {e}") from None
 
 
 def _resolve_variant(path: Path, spec: RecipeSpec, name: str, raw: dict) -> tuple[dict, str]:

@@ -59,6 +59,8 @@ class StageInputs:
     evaluates: Literal["all"] | tuple[str, ...] = ()  # policy models it evaluates ("all": base and every policy stage)
     judge: str | None = None  # a reward stage, or a reward model directory
     data: tuple[str, ...] = ()  # data sources: files, builtin:..., hub names, or stage:<data stage>
+    # The config key each input was read from, so a bad reference names the key the user wrote.
+    keys: dict[str, str] = field(default_factory=lambda: {"parent": "from", "evaluates": "models", "judge": "reward_model", "data": "data"})
 
 
 @dataclass
@@ -212,3 +214,14 @@ class TrainingStage(Stage):
     @classmethod
     def inputs(cls, config: TrainStageConfig) -> StageInputs:
         return StageInputs(parent=config.from_ or PREVIOUS_POLICY, data=(config.data,))
+
+
+class PreferenceStage(TrainingStage):
+    """A policy trained on preference pairs (dpo, orpo)."""
+
+    @classmethod
+    def prepare_data(cls, config: PreferenceStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
+        from posttrain.data.stage_data import preference_data
+
+        pairs, accounting = preference_data(config)
+        return PreparedData(pairs, accounting)

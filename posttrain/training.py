@@ -156,12 +156,12 @@ def train(trainer, ctx: StageContext) -> list[dict]:
 def load_trainable_model(ctx: StageContext, head: str = "causal"):
     """The parent model this stage trains: 4-bit when the recipe asks for QLoRA."""
     lora = ctx.config.lora
-    return ctx.registry.load_model(ctx.parent, head=head, quantize="4bit" if lora and lora.load_in_4bit else None)
+    return ctx.store.load_model(ctx.parent, head=head, quantize="4bit" if lora and lora.load_in_4bit else None)
 
 
 def save_stage_model(ctx: StageContext, model, tokenizer, head: str = "causal"):
     """Commit the stage's model (merged in full precision) and drop its now-useless checkpoints."""
-    model_dir = ctx.registry.save(ctx.name, model, tokenizer, parent=ctx.parent, head=head)
+    model_dir = ctx.store.save(ctx.name, model, tokenizer, parent=ctx.parent, head=head)
     discard_checkpoints(ctx)
     return model_dir
 

@@ -19,16 +19,16 @@ def test_from_defaults_to_previous_training_stage(write_recipe):
     path = write_recipe(tiny_recipe(sft=quick_sft(), align=quick_dpo(), ev={"kind": "eval", "tasks": ["world_skills"]}))
     sft, align, ev = load_recipe(path).stages
     assert sft.parent == "base" and align.parent == "sft"
-    assert ev.evaluated_models == ["base", "sft", "align"]
+    assert ev.evaluated == ["base", "sft", "align"]
 
 
 def test_profiles_choose_stages_and_eval_follows():
     internal = load_recipe(REPO / "recipes/chat.yaml", profile="internal")
     public = load_recipe(REPO / "recipes/chat.yaml", profile="public")
     assert [s.name for s in internal.stages] == ["sft", "rm", "eval"]
-    assert internal.stages[-1].evaluated_models == ["base", "sft"]  # a reward model is a judge, not evaluated
+    assert internal.stages[-1].evaluated == ["base", "sft"]  # a reward model is a judge, not evaluated
     assert [s.name for s in public.stages] == ["sft", "rm", "align", "eval"]
-    assert public.stages[-1].evaluated_models == ["base", "sft", "align"]
+    assert public.stages[-1].evaluated == ["base", "sft", "align"]
     assert load_recipe(REPO / "recipes/chat.yaml").profile == "public"  # the default profile
 
 

@@ -9,9 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import quick_dpo, quick_sft, tiny_recipe
 from posttrain.pipeline import Pipeline
-from posttrain.progress import ProgressReporter
 from posttrain.recipe import load_recipe
-from posttrain.stage import StageContext
 from posttrain.stages.dpo import DPOStage
 
 LORA = {"r": 8, "alpha": 16}
@@ -23,12 +21,9 @@ def _run_sft_then_build_dpo(write_recipe, tmp_path, sft_overrides: dict, dpo_ove
     sft_only = load_recipe(write_recipe(tiny_recipe(sft=quick_sft(**sft_overrides)), "sft.yaml"))
     Pipeline(sft_only, run_dir).run()
     recipe = load_recipe(write_recipe(tiny_recipe(sft=quick_sft(**sft_overrides), align=quick_dpo(**dpo_overrides)), "both.yaml"))
-    align = recipe.stages[1]
     pipeline = Pipeline(recipe, run_dir)
-    ctx = StageContext(name="align", config=align.config, parent=align.parent, recipe=recipe, stage_dir=run_dir / "align",
-                       registry=pipeline.registry, progress=ProgressReporter(quiet=True))
-    trainer, _ = DPOStage().build_trainer(ctx)
-    return trainer, pipeline.registry, run_dir
+    trainer = DPOStage().build_trainer(pipeline.context("align"))
+    return trainer, pipeline.store, run_dir
 
 
 def _sample_ids(registry) -> torch.Tensor:

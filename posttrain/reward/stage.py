@@ -15,7 +15,7 @@ import json
 
 from pydantic import Field
 
-from posttrain.stage import PreferenceStage, PreferenceStageConfig, StageContext, StageResult
+from posttrain.stage import PreferenceStage, PreferenceStageConfig, Role, StageContext, StageResult
 
 
 class RewardModelStageConfig(PreferenceStageConfig):
@@ -37,7 +37,7 @@ def split_by_prompt(pairs: list[dict], held_out_share: float, seed: int) -> tupl
 class RewardModelStage(PreferenceStage):
     kind = "reward_model"
     Config = RewardModelStageConfig
-    model_role = "reward"
+    role = Role.REWARD
 
     def run(self, ctx: StageContext) -> StageResult:
         from datasets import Dataset
@@ -47,21 +47,20 @@ class RewardModelStage(PreferenceStage):
         from posttrain.errors import DataError
         from posttrain.reward.evaluation import evaluate_pairs
         from posttrain.reward.scorer import RewardScorer
-        from posttrain.data.stage_data import preference_data
         from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, save_stage_model, train, trainer_arguments
 
         config: RewardModelStageConfig = ctx.config
-        pairs, accounting = preference_data(config)
-        train_pairs, held_out = split_by_prompt(pairs, config.held_out_share, ctx.recipe.spec.seed)
+        pairs, accounting = ctx.data.examples, ctx.data.accounting
+        train_pairs, held_out = split_by_prompt(pairs, config.held_out_share, ctx.seed)
         if not train_pairs or not held_out:
             raise DataError(f"{config.data}: {len(pairs)} pairs are too few to split into train and held-out by prompt (held_out_share={config.held_out_share})")
 
-        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        tokenizer = ctx.store.load_tokenizer(ctx.parent)
         lora = None
         if config.lora:
             lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                               target_modules=config.lora.target_modules, task_type="SEQ_CLS", modules_to_save=["score"])
-        args = RewardConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed),
+        args = RewardConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed),
                             center_rewards_coefficient=config.center_rewards_coefficient)
         trainer = RewardTrainer(
             model=load_trainable_model(ctx, head="reward"),

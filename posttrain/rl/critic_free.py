@@ -6,9 +6,12 @@ baseline, so they need no value model: the comparison users want beside PPO.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 from pydantic import Field
 
-from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig
 
 
 class CriticFreeStageConfig(TrainStageConfig):
@@ -20,18 +23,21 @@ class CriticFreeStageConfig(TrainStageConfig):
     beta: float = Field(0.05, ge=0, description="KL coefficient against the reference (the parent).")
 
 
-class CriticFreeStage(Stage):
+class CriticFreeStage(TrainingStage):
     """Shared by `rloo` and `grpo`: they differ only in the TRL trainer they name."""
 
     Config = CriticFreeStageConfig
-    produces_model = True
     trl_classes: tuple[str, str]  # (trainer, config) class names in `trl`
 
     @classmethod
-    def check_inputs(cls, config: CriticFreeStageConfig) -> None:
-        from posttrain.data.stage_data import prompt_data
+    def inputs(cls, config: CriticFreeStageConfig) -> StageInputs:
+        return replace(super().inputs(config), judge=config.reward_model)
 
-        prompt_data(config)
+    @classmethod
+    def prepare_data(cls, config: CriticFreeStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
+    
+        prompts, accounting = prompt_data(config)
+        return PreparedData(prompts, accounting)
 
     def run(self, ctx: StageContext) -> StageResult:
         import trl
@@ -43,31 +49,28 @@ class CriticFreeStage(Stage):
 def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult:
     from datasets import Dataset
 
-    from posttrain.data.stage_data import prompt_data
     from posttrain.reward.scorer import gated_scorer
     from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
     config: CriticFreeStageConfig = ctx.config
-    reward_dir = ctx.registry.model_dir(config.reward_model) if config.reward_model in ctx.recipe.spec.stages else config.reward_model
-    scorer = gated_scorer(reward_dir, config.min_reward_accuracy, who=f"stage '{ctx.name}'")
-    prompts, accounting = prompt_data(config)
+    scorer = gated_scorer(Path(ctx.inputs.judge.location), config.min_reward_accuracy, who=f"stage '{ctx.name}'")
 
     def reward_model(prompts, completions, **kwargs) -> list[float]:
         return scorer.score([p + c for p, c in zip(prompts, completions)])
 
     # GRPO/RLOO configs take no max_length or dataset_num_proc; prompts are short here.
-    common = {k: v for k, v in trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed).items()
+    common = {k: v for k, v in trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed).items()
               if k not in ("max_length", "dataset_num_proc")}
     args = config_cls(**common, num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
                       temperature=config.temperature, beta=config.beta)
-    tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+    tokenizer = ctx.store.load_tokenizer(ctx.parent)
     trainer = trainer_cls(
         model=load_trainable_model(ctx),
         reward_funcs=[reward_model],
         args=args,
-        train_dataset=Dataset.from_list(prompts),
+        train_dataset=Dataset.from_list(ctx.data.examples),
         processing_class=tokenizer,
         peft_config=peft_config(config.lora),
         callbacks=callbacks(ctx),
     )
-    return train_and_save(trainer, ctx, accounting, reference=ctx.parent, reward_model=config.reward_model)
+    return train_and_save(trainer, ctx, ctx.data.accounting, reference=ctx.parent.name, reward_model=ctx.inputs.judge.name)

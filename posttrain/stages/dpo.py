@@ -8,19 +8,16 @@ parent, because a LoRA parent is saved merged.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from posttrain.recipe import BASE
-from posttrain.stage import PreferenceStage, PreferenceStageConfig, StageContext, StageResult
+from posttrain.stage import BASE, PreferenceStage, PreferenceStageConfig, StageContext, StageResult
 
 if TYPE_CHECKING:
     from trl import DPOTrainer
 
-    from posttrain.data.accounting import DataAccounting
+    from posttrain.model_store import ModelRef
 
 
 class DPOStageConfig(PreferenceStageConfig):
@@ -39,34 +36,32 @@ class DPOStage(PreferenceStage):
     def run(self, ctx: StageContext) -> StageResult:
         from posttrain.training import train_and_save
 
-        trainer, accounting = self.build_trainer(ctx)
-        return train_and_save(trainer, ctx, accounting, reference=self.reference_name(ctx))
+        trainer = self.build_trainer(ctx)
+        return train_and_save(trainer, ctx, ctx.data.accounting, reference=self.reference(ctx).name)
 
     @staticmethod
-    def reference_name(ctx: StageContext) -> str:
-        return BASE if ctx.config.reference == "base" else ctx.parent
+    def reference(ctx: StageContext) -> ModelRef:
+        return ctx.store.resolve(BASE) if ctx.config.reference == "base" else ctx.parent
 
-    def build_trainer(self, ctx: StageContext) -> tuple[DPOTrainer, DataAccounting]:
+    def build_trainer(self, ctx: StageContext) -> DPOTrainer:
         # Training libraries load here, not at import: `validate` and `plan` stay fast.
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from posttrain.data.stage_data import preference_data
         from posttrain.training import callbacks, load_trainable_model, peft_config, trainer_arguments
 
         config: DPOStageConfig = ctx.config
-        pairs, accounting = preference_data(config)
 
-        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        tokenizer = ctx.store.load_tokenizer(ctx.parent)
         model = load_trainable_model(ctx)
-        reference_name = self.reference_name(ctx)
+        reference = self.reference(ctx)
         # With LoRA and the parent as reference, TRL disables the adapter to get reference
         # log-probs: no second copy of the weights.
-        use_adapter_as_reference = config.lora is not None and reference_name == ctx.parent
-        ref_model = None if use_adapter_as_reference else ctx.registry.load_model(reference_name)
+        use_adapter_as_reference = config.lora is not None and reference == ctx.parent
+        ref_model = None if use_adapter_as_reference else ctx.store.load_model(reference)
 
         args = DPOConfig(
-            **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed),
+            **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed),
             beta=config.beta,
             loss_type=[config.loss_type] + (["sft"] if config.sft_weight else []),
             loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
@@ -77,9 +72,9 @@ class DPOStage(PreferenceStage):
             model=model,
             ref_model=ref_model,
             args=args,
-            train_dataset=Dataset.from_list(pairs),
+            train_dataset=Dataset.from_list(ctx.data.examples),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        return trainer, accounting
+        return trainer

@@ -8,9 +8,11 @@ reference model is the parent, as for DPO.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
-from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+from posttrain.stage import PreparedData, StageContext, StageResult, TrainingStage, TrainStageConfig
 
 
 class KTOStageConfig(TrainStageConfig):
@@ -19,16 +21,16 @@ class KTOStageConfig(TrainStageConfig):
     undesirable_weight: float | None = Field(None, gt=0, description="Loss weight of thumbs-down examples (default: from the class balance).")
 
 
-class KTOStage(Stage):
+class KTOStage(TrainingStage):
     kind = "kto"
     Config = KTOStageConfig
-    produces_model = True
 
     @classmethod
-    def check_inputs(cls, config: KTOStageConfig) -> None:
+    def prepare_data(cls, config: KTOStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
         from posttrain.data.stage_data import kto_data
 
-        kto_data(config)
+        examples, accounting, balance = kto_data(config)
+        return PreparedData(examples, accounting, {"weights": balance})
 
     def run(self, ctx: StageContext) -> StageResult:
         from datasets import Dataset
@@ -37,23 +39,21 @@ class KTOStage(Stage):
         from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
         config: KTOStageConfig = ctx.config
-        from posttrain.data.stage_data import kto_data
-
-        examples, accounting, balance = kto_data(config)
+        balance = ctx.data.extras["weights"]
         weights = {
             "desirable_weight": config.desirable_weight or balance["desirable_weight"],
             "undesirable_weight": config.undesirable_weight or balance["undesirable_weight"],
         }
-        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
-        args = KTOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed), beta=config.beta, **weights)
+        tokenizer = ctx.store.load_tokenizer(ctx.parent)
+        args = KTOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed), beta=config.beta, **weights)
         trainer = KTOTrainer(
             model=load_trainable_model(ctx),
             # LoRA: the reference is the parent with the adapter disabled (no second copy).
-            ref_model=None if config.lora else ctx.registry.load_model(ctx.parent),
+            ref_model=None if config.lora else ctx.store.load_model(ctx.parent),
             args=args,
-            train_dataset=Dataset.from_list(examples),
+            train_dataset=Dataset.from_list(ctx.data.examples),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        return train_and_save(trainer, ctx, accounting, **weights, reference=ctx.parent)
+        return train_and_save(trainer, ctx, ctx.data.accounting, **weights, reference=ctx.parent.name)

@@ -23,19 +23,17 @@ class ORPOStage(PreferenceStage):
         from datasets import Dataset
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        from posttrain.data.stage_data import preference_data
         from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
         config: ORPOStageConfig = ctx.config
-        pairs, accounting = preference_data(config)
-        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
-        args = ORPOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed), beta=config.beta)
+        tokenizer = ctx.store.load_tokenizer(ctx.parent)
+        args = ORPOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed), beta=config.beta)
         trainer = ORPOTrainer(
             model=load_trainable_model(ctx),
             args=args,
-            train_dataset=Dataset.from_list(pairs),
+            train_dataset=Dataset.from_list(ctx.data.examples),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        return train_and_save(trainer, ctx, accounting)
+        return train_and_save(trainer, ctx, ctx.data.accounting)

@@ -13,11 +13,13 @@ and a killed run resumes from the last one.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+from posttrain.stage import PreparedData, Role, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig
 
 
 class PPOStageConfig(TrainStageConfig):
@@ -44,16 +46,19 @@ class PPOStageConfig(TrainStageConfig):
     missing_eos_penalty: float | None = Field(1.0, ge=0, description="Subtract from the score of a response that does not end with EOS.")
 
 
-class PPOStage(Stage):
+class PPOStage(TrainingStage):
     kind = "ppo"
     Config = PPOStageConfig
-    produces_model = True
 
     @classmethod
-    def check_inputs(cls, config: PPOStageConfig) -> None:
-        from posttrain.data.stage_data import prompt_data
+    def inputs(cls, config: PPOStageConfig) -> StageInputs:
+        return replace(super().inputs(config), judge=config.reward_model)
 
-        prompt_data(config)
+    @classmethod
+    def prepare_data(cls, config: PPOStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
+
+        prompts, accounting = prompt_data(config)
+        return PreparedData(prompts, accounting)
 
     def run(self, ctx: StageContext) -> StageResult:
         import torch
@@ -62,7 +67,6 @@ class PPOStage(Stage):
 
         from posttrain import faults
         from posttrain.checkpoints import CheckpointStore
-        from posttrain.data.stage_data import prompt_data
         from posttrain.errors import StageInterrupted
         from posttrain.reward.scorer import gated_scorer
         from posttrain.rl.ppo_loop import load_checkpoint, ppo_iteration, prompt_order, save_checkpoint
@@ -70,21 +74,20 @@ class PPOStage(Stage):
         from posttrain.training import StopOnSignal, load_trainable_model, peft_config, save_stage_model
 
         config: PPOStageConfig = ctx.config
-        reward_dir = ctx.registry.model_dir(config.reward_model) if config.reward_model in ctx.recipe.spec.stages else config.reward_model
+        judge = ctx.inputs.judge
         # The gate comes before any rollout: a weak judge makes PPO optimise noise.
-        scorer = gated_scorer(reward_dir, config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+        scorer = gated_scorer(Path(judge.location), config.min_reward_accuracy, who=f"stage '{ctx.name}'")
 
-        examples, accounting = prompt_data(config)
-        prompts = [e["prompt"] for e in examples]
-        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        prompts = [e["prompt"] for e in ctx.data.examples]
+        tokenizer = ctx.store.load_tokenizer(ctx.parent)
 
         policy = load_trainable_model(ctx)
         reference = None
         if config.lora:
             policy = get_peft_model(policy, peft_config(config.lora))
         else:
-            reference = ctx.registry.load_model(ctx.parent).eval().requires_grad_(False)
-        value = ctx.registry.load_model(config.reward_model if config.value_init == "reward_model" else ctx.parent, head="reward")
+            reference = ctx.store.load_model(ctx.parent).eval().requires_grad_(False)
+        value = ctx.store.load_model(judge if config.value_init == "reward_model" else ctx.parent, head="reward")
         if config.lora:
             value = get_peft_model(value, LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                                                      target_modules=config.lora.target_modules, task_type="SEQ_CLS", modules_to_save=["score"]))
@@ -100,7 +103,7 @@ class PPOStage(Stage):
         total_updates = iterations * config.ppo_epochs * minibatches
         scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_updates), num_training_steps=total_updates)
         kl_controller = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-        order = prompt_order(len(prompts), iterations * config.batch_size, ctx.recipe.spec.seed)
+        order = prompt_order(len(prompts), iterations * config.batch_size, ctx.seed)
 
         store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
         store.prepare()
@@ -130,5 +133,5 @@ class PPOStage(Stage):
         save_stage_model(ctx, policy, tokenizer)
         curves = {key: [[h["step"], h[key]] for h in history] for key in history[0] if key != "step"} if history else {}
         metrics = {f"{key}_first": points[0][1] for key, points in curves.items()} | {f"{key}_last": points[-1][1] for key, points in curves.items()}
-        metrics |= {"iterations": iterations, "prompts": len(prompts), "reference": ctx.parent, "reward_model": config.reward_model}
-        return StageResult(metrics=metrics, curves=curves, data=accounting)
+        metrics |= {"iterations": iterations, "prompts": len(prompts), "reference": ctx.parent.name, "reward_model": judge.name}
+        return StageResult(metrics=metrics, curves=curves, data=ctx.data.accounting)

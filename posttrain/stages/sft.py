@@ -7,22 +7,25 @@ template and masks the prompt out of the loss (`completion_only_loss`).
 
 from __future__ import annotations
 
-from posttrain.data.stage_data import sft_data
-from posttrain.stage import Stage, StageContext, StageResult, TrainStageConfig
+from pathlib import Path
+
+from posttrain.stage import PreparedData, StageContext, StageResult, TrainingStage, TrainStageConfig
 
 
 class SFTStageConfig(TrainStageConfig):
     pass
 
 
-class SFTStage(Stage):
+class SFTStage(TrainingStage):
     kind = "sft"
     Config = SFTStageConfig
-    produces_model = True
 
     @classmethod
-    def check_inputs(cls, config: SFTStageConfig) -> None:
-        sft_data(config)
+    def prepare_data(cls, config: SFTStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
+        from posttrain.data.stage_data import sft_data
+
+        examples, accounting = sft_data(config)
+        return PreparedData(examples, accounting)
 
     def run(self, ctx: StageContext) -> StageResult:
         # Training libraries load here, not at import: `validate` and `plan` stay fast.
@@ -32,21 +35,20 @@ class SFTStage(Stage):
         from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
 
         config: SFTStageConfig = ctx.config
-        examples, accounting = sft_data(config)
 
-        tokenizer = ctx.registry.load_tokenizer(ctx.parent)
+        tokenizer = ctx.store.load_tokenizer(ctx.parent)
         model = load_trainable_model(ctx)
         args = SFTConfig(
-            **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.recipe.spec.seed),
+            **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed),
             completion_only_loss=True,
             packing=False,
         )
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(examples),
+            train_dataset=Dataset.from_list(ctx.data.examples),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        return train_and_save(trainer, ctx, accounting)
+        return train_and_save(trainer, ctx, ctx.data.accounting)
