@@ -63,13 +63,16 @@ class CheckpointStore:
             shutil.rmtree(path, ignore_errors=True)
         return None
 
-    def commit(self, trainer_checkpoint: Path) -> Path:
-        step = int(trainer_checkpoint.name.rsplit("-", 1)[1])
-        _fsync_tree(trainer_checkpoint)
-        (trainer_checkpoint / COMMIT_MARKER).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}) + "\n")
+    def commit(self, written: Path, step: int) -> Path:
+        """Commit a fully written checkpoint directory as `step-<step>`: fsync, marker (with every file's
+        size, so a later read can tell a torn file), atomic rename, then rotation."""
+        _fsync_tree(written)
+        files = {str(p.relative_to(written)): p.stat().st_size for p in sorted(written.rglob("*")) if p.is_file()}
+        marker = {"step": step, "fingerprint": self.fingerprint, "files": files}
+        (written / COMMIT_MARKER).write_text(json.dumps(marker) + "\n")
         target = self.root / f"step-{step}"
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(trainer_checkpoint, target)
+        os.replace(written, target)
         # Rotate only now that the new checkpoint is committed.
         for _, old in self.committed()[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
@@ -84,20 +87,23 @@ def _fsync_tree(directory: Path) -> None:
 
 
 def _unreadable(path: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from, or None when its files read back."""
+    """Why a checkpoint cannot be resumed from, or None when its files read back: every file the
+    commit recorded is there with its size, and every safetensors file loads. Independent of who
+    wrote the checkpoint (a TRL Trainer or a stage's own loop)."""
     try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        if "global_step" not in state:
-            return "trainer_state.json has no global_step"
-        weights = list(path.glob("*.safetensors"))
-        if not weights:
-            return "no safetensors weights"
-        for file in weights:
+        recorded = json.loads((path / COMMIT_MARKER).read_text()).get("files")
+        if not recorded:
+            return "the commit marker lists no files"
+        for name, size in recorded.items():
+            file = path / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if file.stat().st_size != size:
+                return f"{name} has {file.stat().st_size} bytes, {size} were committed"
+        for file in path.rglob("*.safetensors"):
             with safe_open(file, framework="pt") as f:
                 for key in f.keys():
                     f.get_tensor(key)
-        if not (path / "optimizer.pt").is_file():
-            return "no optimizer state"
     except Exception as e:  # any failure to read back means: do not resume from here
         return f"{type(e).__name__}: {e}"
     return None
@@ -112,4 +118,4 @@ class CommitCheckpoints(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if written.is_dir():
-            self.store.commit(written)
+            self.store.commit(written, state.global_step)

@@ -86,20 +86,22 @@ def run(
     reporter = ProgressReporter(quiet=quiet)
     pipeline = Pipeline(plan, _run_dir(plan, output), reporter, force=tuple(force or ()))
     results = pipeline.run()
+    from posttrain.reporting import write_run
+
+    # The release gates are judged here, after evaluation, and recorded with the results and reports.
+    results = write_run(pipeline.run_dir, results, plan)
     _print_summary(results, f"{plan.name} ({plan.profile or 'all stages'}): held-out evaluation")
     console.print(f"run directory: {pipeline.run_dir}  (results.json, report.md, report.html)")
-    release = results.get("release")
-    if release and not release["releasable"]:
+    if results.release is not None and not results.release.releasable:
         from posttrain.errors import ReleaseBlocked
-        from posttrain.eval.gates import failed_gates_line
+        from posttrain.reporting.release import failed_gates_line
 
-        raise ReleaseBlocked(f"{failed_gates_line(release)}; every artifact is kept in {pipeline.run_dir}")
+        raise ReleaseBlocked(f"{failed_gates_line(results.release)}; every artifact is kept in {pipeline.run_dir}")
 
 
-def _print_summary(results: dict, title: str) -> None:
-    """The at-a-glance table, win rates and the release verdict, as report.md shows them."""
-    from posttrain.eval.report import win_rate_table
-    from posttrain.eval.summary import banner, table
+def _print_summary(results, title: str) -> None:
+    """The at-a-glance table, win rates and the release verdict of a RunResults, as report.md shows them."""
+    from posttrain.reporting.summary import banner, table, win_rate_table
 
     header, rows = table(results)
     if rows:
@@ -112,7 +114,7 @@ def _print_summary(results: dict, title: str) -> None:
                 grid.add_section()
             grid.add_row(group if new_group else "", *cells)
         console.print(grid)
-        for candidate, baseline, rate, ci, counts, words in win_rate_table(results["evaluation"]):
+        for candidate, baseline, rate, ci, counts, words in win_rate_table(results.evaluation):
             console.print(f"win rate {candidate} vs {baseline}: {rate} (95% CI {ci}; W/T/L {counts}; mean words {words})")
     state, sentence = banner(results)
     if state != "ungated":
@@ -152,10 +154,10 @@ def compare(
     allow_different_settings: Annotated[bool, typer.Option("--allow-different-settings", help="Compare runs evaluated with different settings (marked unfair in the report).")] = False,
 ):
     """One report across finished runs (models named run/model): metrics, deltas, win rates, gates."""
-    from posttrain.eval.compare import compare_runs
+    from posttrain.reporting.compare import compare_runs
 
     results = compare_runs(runs, output, baseline, allow_different_settings)
-    _print_summary(results, f"comparison of {', '.join(results['runs'])}")
+    _print_summary(results, f"comparison of {', '.join(results.runs)}")
     console.print(f"comparison: {output}  (results.json, report.md, report.html)")
 
 

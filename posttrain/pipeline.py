@@ -28,6 +28,7 @@ from posttrain.errors import PosttrainError, StageInterrupted
 from posttrain.progress import ProgressReporter
 from posttrain.model_store import ModelStore
 from posttrain.recipe import PlannedStage, Recipe
+from posttrain.results import Evaluation, RunResults, StageSummary
 from posttrain.run_layout import RunLayout
 from posttrain.secrets import redact
 from posttrain.versions import library_versions
@@ -186,7 +187,7 @@ class Pipeline:
         return stage.stage_cls.prepare_data(stage.config, self._resolve_inputs(stage).data_files, self.recipe.spec.seed)
 
     # -- running --------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> RunResults:
         with RunLock(self.layout):
             if self.recipe.spec.trust_remote_code:
                 self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
@@ -200,15 +201,9 @@ class Pipeline:
                 if not plan.cached and plan.reads_stage_data:
                     prepared[plan.stage.name] = self._prepare_data(plan)
                 summaries[plan.stage.name] = self._run_stage(plan, plans, prepared.get(plan.stage.name))
-            results = self._collect_results(plans, summaries)
-            from posttrain.eval.gates import evaluate_release
-            from posttrain.eval.report import write_reports
-
-            # Gates are judged after evaluation and recorded; the CLI turns a failure into its exit status.
-            results["release"] = evaluate_release(self.recipe, results["evaluation"])
-            write_json_atomic(self.run_dir / "results.json", redact(results))
-            write_reports(self.run_dir, results)
-            return results
+            # The caller judges the release gates and writes results.json and the reports
+            # (posttrain.reporting.write_run): the pipeline knows nothing of reporting.
+            return self._collect_results(plans, summaries)
 
     def _run_stage(self, plan: ScheduledStage, plans: list[ScheduledStage], data: PreparedData | None) -> dict:
         stage = plan.stage
@@ -279,19 +274,20 @@ class Pipeline:
         manifest["cached"] = False
         return manifest
 
-    def _collect_results(self, plans: list[StagePlan], summaries: dict) -> dict:
-        evaluation = None
+    def _collect_results(self, plans: list[ScheduledStage], summaries: dict) -> RunResults:
+        """The typed run results, from the stage manifests (written now, or read back for cached stages)."""
+        stages, evaluation = {}, None
         for plan in plans:
-            if summaries[plan.stage.name].get("evaluation"):
-                evaluation = summaries[plan.stage.name]["evaluation"]
-        return {
-            "recipe": self.recipe.name,
-            "recipe_path": str(self.recipe.path),
-            "profile": self.recipe.profile,
-            "run_dir": str(self.run_dir),
-            "stages": {
-                name: {k: s.get(k) for k in ("kind", "status", "cached", "fingerprint", "parent", "wall_time_s", "memory", "data", "metrics", "curves")}
-                for name, s in summaries.items()
-            },
-            "evaluation": evaluation,
-        }
+            manifest = summaries[plan.stage.name]
+            stages[plan.stage.name] = StageSummary.from_manifest(manifest, plan.stage.role)
+            if plan.stage.role is Role.EVALUATION and manifest.get("evaluation") is not None:
+                found = manifest["evaluation"]  # typed when the stage ran now, a dict when read back from stage.json
+                evaluation = found if isinstance(found, Evaluation) else Evaluation.model_validate(found)
+        return RunResults(
+            recipe=self.recipe.name,
+            recipe_path=str(self.recipe.path),
+            profile=self.recipe.profile,
+            run_dir=str(self.run_dir),
+            stages=stages,
+            evaluation=evaluation,
+        )

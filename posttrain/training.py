@@ -13,12 +13,13 @@ import math
 import shutil
 import signal
 from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 from peft import LoraConfig
 from transformers import PrinterCallback, TrainerCallback
 
-from posttrain import faults
+from posttrain import hooks
 from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
@@ -137,7 +138,7 @@ def train(trainer, ctx: StageContext) -> list[dict]:
     store.prepare()
     trainer.remove_callback(PrinterCallback)  # Trainer print()s every log dict when tqdm is off
     trainer.add_callback(CommitCheckpoints(store))
-    faults.install(trainer, ctx.name)  # before the stopper, so an injected signal is seen in the same step
+    hooks.install(trainer, ctx.name)  # before the stopper, so a stop a hook asks for is seen in the same step
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
 
@@ -151,6 +152,47 @@ def train(trainer, ctx: StageContext) -> list[dict]:
         raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step "
                                f"{trainer.state.global_step}; checkpoint {latest}; run the same command again to resume")
     return trainer.state.log_history
+
+
+class LoopState(Protocol):
+    """What a stage with its own training loop checkpoints: it writes and restores all of its state."""
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> int:
+        """Restore from `directory`; return the number of completed steps."""
+
+
+def run_own_loop(ctx: StageContext, total_steps: int, state: LoopState, step: Callable[[int], str]) -> None:
+    """For stages with their own loop (PPO): what `train` gives Trainer-based stages. Resume from the
+    last committed checkpoint, call `step(n)` for n = next..total (it returns a progress line), run the
+    hooks after each step, commit a checkpoint every `save_steps`, and on Ctrl-C/SIGTERM save and stop."""
+    config: TrainStageConfig = ctx.config
+    store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
+    store.prepare()
+    done = 0
+    resume = store.latest_loadable(warn=ctx.progress.message)
+    if resume is not None:
+        done = state.load(resume)
+        ctx.progress.message(f"  resuming {ctx.name} from {resume}")
+
+    stopper = StopOnSignal()
+    ctx.progress.start(ctx.name, total_steps)
+    with stopper.installed():
+        while done < total_steps:
+            line = step(done + 1)
+            done += 1
+            ctx.progress.update(done, total_steps, line)
+            hooks.after_step(ctx.name, done)
+            if stopper.received is not None or (config.save_steps and done % config.save_steps == 0 and done < total_steps):
+                written = store.scratch / f"step-{done}"
+                written.mkdir(parents=True, exist_ok=True)
+                state.save(written)
+                store.commit(written, done)
+            if stopper.received is not None:
+                raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step {done}; "
+                                       "checkpoint saved; run the same command again to resume")
+    ctx.progress.finish(f"({total_steps} steps)")
 
 
 def load_trainable_model(ctx: StageContext, head: str = "causal"):

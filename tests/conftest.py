@@ -1,31 +1,108 @@
-"""Shared test helpers: tiny recipes on the embedded model, and the real CLI in a subprocess."""
+"""Shared test helpers: tiny recipes on the embedded model, and the real CLI.
+
+`run_cli` runs `posttrain ARGS` inside the test process (no cold import of torch and TRL
+per call); `run_cli_process` runs it in a fresh interpreter, for what only a separate
+process can show: SIGKILL and SIGTERM, a lock held by another process, plugins and hooks
+installed through PYTHONPATH.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import os
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
+from posttrain.environment import apply_offline_defaults
+
 REPO = Path(__file__).resolve().parents[1]
+FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin"
 
-# Same defaults the CLI sets, for tests that call the library directly.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI's defaults, for tests that call the library directly (before any library loads).
+apply_offline_defaults()
+# A console created while COLUMNS is set keeps that width for good; without it, rich reads
+# COLUMNS at each print, so a test's env={"COLUMNS": ...} applies to every console.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run `posttrain ARGS` as a user would, returning the finished process."""
+@dataclass
+class CliResult:
+    """What a finished `posttrain` call left behind, shaped like subprocess.CompletedProcess."""
+
+    args: list[str]
+    returncode: int
+    stdout: str = field(repr=False)
+    stderr: str = field(repr=False)
+
+
+@contextlib.contextmanager
+def environment(changes: dict[str, str | None] | None):
+    """Set (or, for None, unset) variables for the duration; restore the previous values."""
+    previous = {name: os.environ.get(name) for name in changes or {}}
+    try:
+        for name, value in (changes or {}).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> CliResult:
+    """Run `posttrain ARGS` in this process, as `python -m posttrain ARGS` would from `cwd`.
+
+    stdout and stderr are captured; `env` and `cwd` apply to this call only. A bug (an
+    exception out of `main`) is printed to stderr as the interpreter would, with status 1.
+    """
+    from posttrain.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    start = Path.cwd()
+    with environment(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        os.chdir(cwd or REPO)
+        try:
+            status = main(list(args))
+        except SystemExit as e:  # what the interpreter makes of sys.exit(code)
+            status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            status = 1
+        finally:
+            os.chdir(start)
+    gc.collect()  # models of this run go now, not at some later test's allocation
+    return CliResult(list(args), status, stdout.getvalue(), stderr.getvalue())
+
+
+def run_cli_process(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m posttrain ARGS` in a new process, returning the finished process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "posttrain.cli", *args],
+        [sys.executable, "-m", "posttrain", *args],
         cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_with_fault(fault: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m posttrain ARGS` with the test fault plugin (tests/fault_plugin/, a
+    `posttrain.hooks` entry point) installed and armed: fault is [STAGE:]FAULT=STEP."""
+    return run_cli_process(*args, env={"PYTHONPATH": str(FAULT_PLUGIN), "POSTTRAIN_TEST_FAULT": fault})
 
 
 def tiny_recipe(**stages) -> dict:

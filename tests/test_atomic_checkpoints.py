@@ -37,7 +37,7 @@ def test_commit_rotates_only_after_the_new_checkpoint_is_committed(tmp_path):
     store = CheckpointStore(tmp_path, "fp1", keep=2)
     store.prepare()
     for step in (2, 4, 6):
-        store.commit(_fake_trainer_checkpoint(store.scratch, step))
+        store.commit(_fake_trainer_checkpoint(store.scratch, step), step)
     assert [s for s, _ in store.committed()] == [6, 4]
     assert store.latest_loadable().name == "step-6"
 
@@ -45,7 +45,7 @@ def test_commit_rotates_only_after_the_new_checkpoint_is_committed(tmp_path):
 def test_partial_and_foreign_checkpoints_are_never_loaded(tmp_path):
     store = CheckpointStore(tmp_path, "fp1")
     store.prepare()
-    store.commit(_fake_trainer_checkpoint(store.scratch, 2))
+    store.commit(_fake_trainer_checkpoint(store.scratch, 2), 2)
     uncommitted = store.root / "step-4"
     uncommitted.mkdir()
     _fake_trainer_checkpoint(store.scratch, 6)  # the Trainer was killed before the commit
@@ -62,8 +62,21 @@ def test_unreadable_latest_falls_back(tmp_path):
     store = CheckpointStore(tmp_path, "fp1", keep=3)
     store.prepare()
     for step in (2, 4):
-        store.commit(_fake_trainer_checkpoint(store.scratch, step))
+        store.commit(_fake_trainer_checkpoint(store.scratch, step), step)
     (store.root / "step-4" / "model.safetensors").write_bytes(b"\x00garbage")
     warnings = []
     assert store.latest_loadable(warn=warnings.append).name == "step-2"
     assert "step-4" in warnings[0] and not (store.root / "step-4").exists()
+
+
+def test_a_committed_file_that_went_missing_or_changed_size_falls_back(tmp_path):
+    store = CheckpointStore(tmp_path, "fp1", keep=3)
+    store.prepare()
+    for step in (2, 4, 6):
+        store.commit(_fake_trainer_checkpoint(store.scratch, step), step)
+    (store.root / "step-6" / "optimizer.pt").unlink()
+    with open(store.root / "step-4" / "trainer_state.json", "a") as f:
+        f.write(" ")  # still valid JSON, but not what was committed
+    warnings = []
+    assert store.latest_loadable(warn=warnings.append).name == "step-2"
+    assert "optimizer.pt is missing" in warnings[0] and "trainer_state.json has" in warnings[1]

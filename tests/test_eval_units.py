@@ -10,11 +10,13 @@ from conftest import quick_sft, tiny_recipe
 from posttrain.embedded import world
 from posttrain.errors import RecipeError
 from posttrain.eval.format_suite import format_rows
-from posttrain.eval.gates import GateSpec, judge_gates
 from posttrain.eval.metrics import json_has_key, valid_json
 from posttrain.eval.suites import TASKS_DIR, assistant_world_suite, load_task_spec, local_tasks
-from posttrain.eval.summary import differing_settings, metric_rows, table
 from posttrain.recipe import load_recipe
+from posttrain.release_gates import GateSpec
+from posttrain.reporting.release import judge_gates
+from posttrain.reporting.summary import differing_settings, metric_rows, table
+from posttrain.results import Evaluation, RunResults
 
 
 def test_every_shipped_suite_matches_its_generator():
@@ -50,16 +52,17 @@ def test_json_metrics(response, valid, has_key):
     assert (valid_json(doc, response), json_has_key(doc, response)) == (valid, has_key)
 
 
-def _evaluation(**align):
+def _evaluation(**align) -> Evaluation:
     scores = {"sft": {"exact_match": 0.80, "exact_match_stderr": 0.02, "rambling": 0.50, "rambling_stderr": 0.04},
               "align": {"exact_match": 0.79, "exact_match_stderr": 0.02, "rambling": 0.10, "rambling_stderr": 0.02, **align}}
-    return {
+    return Evaluation.model_validate({
         "tasks": ["skills"], "higher_is_better": {"skills": {"exact_match": True, "rambling": False}},
         "groups": {"skills": {"exact_match": "skills", "rambling": "conciseness"}},
         "models": {m: {"skills": s, "settings": {"seed": 0}} for m, s in scores.items()},
         "compare_to": "sft",
-        "win_rates": {"align_vs_sft": {"win_rate": 0.7, "ci95": [0.6, 0.78]}},
-    }
+        "win_rates": {"align_vs_sft": {"candidate": "align", "baseline": "sft", "n": 10, "wins": 7, "ties": 0, "losses": 3,
+                                       "win_rate": 0.7, "ci95": [0.6, 0.78], "mean_words_candidate": 5.0, "mean_words_baseline": 9.0}},
+    })
 
 
 def test_deltas_respect_each_metrics_direction_and_noise():
@@ -67,7 +70,7 @@ def test_deltas_respect_each_metrics_direction_and_noise():
     ramble, em = rows["skills/rambling"].deltas["align"], rows["skills/exact_match"].deltas["align"]
     assert ramble.verdict == "better" and not ramble.within_noise  # lower rambling is better
     assert em.verdict == "worse" and em.within_noise  # -0.01 with standard errors of 0.02
-    header, body = table({"evaluation": _evaluation()})
+    header, body = table(RunResults(recipe="tiny", evaluation=_evaluation()))
     assert header == ["group", "metric", "sft", "align", "Δ align vs sft"]
     assert body[1] == ["conciseness", "skills/rambling ↓", "0.500 ± 0.040", "0.100 ± 0.020", "-0.400 (better)"]
 
@@ -75,7 +78,7 @@ def test_deltas_respect_each_metrics_direction_and_noise():
 def test_settings_that_differ_between_models_are_named():
     evaluation = _evaluation()
     assert differing_settings(evaluation) == []
-    evaluation["models"]["align"]["settings"] = {"seed": 1}
+    evaluation.models["align"].settings = {"seed": 1}
     assert differing_settings(evaluation) == ["seed"]
 
 
@@ -87,9 +90,9 @@ def test_gates_pass_fail_deltas_and_unmeasured():
              GateSpec(metric="win_rate_ci_low", op=">", threshold=0.6),
              GateSpec(metric="skills/missing", op=">=", threshold=0)]
     outcomes = judge_gates(gates, _evaluation(), candidate="align")
-    assert [o["passed"] for o in outcomes] == [True, True, False, True, False, False]
-    assert outcomes[1]["value"] == pytest.approx(-0.01) and outcomes[1]["gate"] == "skills/exact_match of align - sft >= -0.02"
-    assert outcomes[5]["reason"] == "not measured"
+    assert [o.passed for o in outcomes] == [True, True, False, True, False, False]
+    assert outcomes[1].value == pytest.approx(-0.01) and outcomes[1].gate == "skills/exact_match of align - sft >= -0.02"
+    assert outcomes[5].reason == "not measured"
 
 
 def _gated_recipe(write_recipe, gates, stages=None):
@@ -119,11 +122,12 @@ def test_bad_gates_are_one_line_at_validation(write_recipe, gate, message):
 
 def test_gates_need_an_eval_stage_in_the_profile(write_recipe):
     path = _gated_recipe(write_recipe, [{"metric": "world_safety/refusal", "op": ">=", "threshold": 0.9}], stages=["sft"])
-    with pytest.raises(RecipeError, match="profile 'ship' has no eval stage to measure its gates"):
+    with pytest.raises(RecipeError, match="profile 'ship' has no evaluation stage to measure its gates"):
         load_recipe(path)
 
 
 def test_good_gates_validate_and_default_to_the_release_candidate(write_recipe):
     recipe = load_recipe(_gated_recipe(write_recipe, [{"metric": "world_safety/refusal", "op": ">=", "threshold": 0.9}]))
     gate = recipe.spec.profiles["ship"].gates[0]
-    assert gate.model is None and judge_gates([gate], {"models": {"sft": {"world_safety": {"refusal": 1.0}}}}, "sft")[0]["passed"]
+    measured = Evaluation.model_validate({"models": {"sft": {"world_safety": {"refusal": 1.0}}}})
+    assert gate.model is None and judge_gates([gate], measured, "sft")[0].passed

@@ -1,7 +1,8 @@
 """Fault injection: kills, interrupted saves, corrupt checkpoints, full disks, NaN, concurrent runs.
 
-Each fault is armed with the test-only POSTTRAIN_FAULT switch (posttrain/faults.py) in a
-real `posttrain run` subprocess; resumed weights are compared with an uninterrupted run.
+Each fault comes from the test-only hook plugin in tests/fault_plugin/ (a `posttrain.hooks`
+entry point, armed by POSTTRAIN_TEST_FAULT) in a real `posttrain run` subprocess; resumed
+weights, from a run in this process, are compared with an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, quick_dpo, quick_sft, run_cli, tiny_recipe
+from conftest import REPO, quick_dpo, quick_sft, run_cli, run_with_fault, tiny_recipe
 
 STEPS, SAVE_EVERY = 12, 4
 
@@ -54,7 +55,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("fault", ["kill_at_step=10", "kill_during_save=8"])
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(write_recipe, tmp_path, uninterrupted, fault):
     recipe, out = _recipe(write_recipe, with_dpo=True), tmp_path / "run"
-    killed = run_cli("run", str(recipe), "--output", str(out), "--quiet", env={"POSTTRAIN_FAULT": f"sft:{fault}"})
+    killed = run_with_fault(f"sft:{fault}", "run", str(recipe), "--output", str(out), "--quiet")
     assert killed.returncode == -signal.SIGKILL
     committed = sorted(p.name for p in (out / "sft" / "checkpoints").glob("step-*"))
     assert committed == ["step-4", "step-8"] if fault.startswith("kill_at") else committed == ["step-4"]
@@ -72,7 +73,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(write_recipe, tmp_p
 
 def test_sigkill_in_the_dpo_stage_resumes_dpo_exactly(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe, with_dpo=True), tmp_path / "run"
-    killed = run_cli("run", str(recipe), "--output", str(out), "--quiet", env={"POSTTRAIN_FAULT": "align:kill_at_step=5"})
+    killed = run_with_fault("align:kill_at_step=5", "run", str(recipe), "--output", str(out), "--quiet")
     assert killed.returncode == -signal.SIGKILL
     resumed = run_cli("run", str(recipe), "--output", str(out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
@@ -82,7 +83,7 @@ def test_sigkill_in_the_dpo_stage_resumes_dpo_exactly(write_recipe, tmp_path, un
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
-    assert run_cli("run", str(recipe), "--output", str(out), "--quiet", env={"POSTTRAIN_FAULT": "kill_at_step=10"}).returncode == -9
+    assert run_with_fault("kill_at_step=10", "run", str(recipe), "--output", str(out), "--quiet").returncode == -9
     weights = out / "sft" / "checkpoints" / "step-8" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
@@ -94,7 +95,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(write_recipe, tmp_
 
 def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
-    result = run_cli("run", str(recipe), "--output", str(out), "--quiet", env={"POSTTRAIN_FAULT": "disk_full_on_save=8"})
+    result = run_with_fault("disk_full_on_save=8", "run", str(recipe), "--output", str(out), "--quiet")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: disk full while writing")
     assert sorted(p.name for p in (out / "sft" / "checkpoints").glob("step-*")) == ["step-4"]
@@ -107,7 +108,7 @@ def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(wri
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
-    stopped = run_cli("run", str(recipe), "--output", str(out), "--quiet", env={"POSTTRAIN_FAULT": "sigterm_at_step=6"})
+    stopped = run_with_fault("sigterm_at_step=6", "run", str(recipe), "--output", str(out), "--quiet")
     assert stopped.returncode == 130
     assert "stopped by SIGTERM at step 6" in stopped.stderr and "Traceback" not in stopped.stderr
     assert (out / "sft" / "checkpoints" / "step-6").is_dir()  # saved on the way out, off the save_steps grid
@@ -120,7 +121,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(write_recipe, tmp_path, un
 
 def test_injected_nan_stops_naming_the_step(write_recipe, tmp_path):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
-    result = run_cli("run", str(recipe), "--output", str(out), "--quiet", env={"POSTTRAIN_FAULT": "nan_at_step=3"})
+    result = run_with_fault("nan_at_step=3", "run", str(recipe), "--output", str(out), "--quiet")
     assert result.returncode == 2
     assert "non-finite loss or gradient at step 3" in result.stderr.strip().splitlines()[-1]
     assert not (out / "sft" / "model").exists()
@@ -128,7 +129,7 @@ def test_injected_nan_stops_naming_the_step(write_recipe, tmp_path):
 
 def test_injected_nan_can_be_skipped_up_to_a_cap(write_recipe, tmp_path):
     recipe, out = _recipe(write_recipe, on_nonfinite="skip", max_skipped_steps=1), tmp_path / "run"
-    result = run_cli("run", str(recipe), "--output", str(out), "--quiet", env={"POSTTRAIN_FAULT": "nan_at_step=3"})
+    result = run_with_fault("nan_at_step=3", "run", str(recipe), "--output", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     for tensor in _weights(out).values():
         assert torch.isfinite(tensor).all()
@@ -137,7 +138,7 @@ def test_injected_nan_can_be_skipped_up_to_a_cap(write_recipe, tmp_path):
 def test_a_second_run_on_the_same_directory_fails_fast(write_recipe, tmp_path):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
     long_run = ["--set", "stages.sft.max_steps=100000"]  # still training when the second run starts
-    first = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "run", str(recipe), "--output", str(out), "--quiet", *long_run],
+    first = subprocess.Popen([sys.executable, "-m", "posttrain", "run", str(recipe), "--output", str(out), "--quiet", *long_run],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60

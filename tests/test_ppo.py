@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import quick_sft, run_cli, tiny_recipe
+from conftest import quick_sft, run_cli, run_with_fault, tiny_recipe
 
 CURVES = ["reward", "kl", "entropy", "clip_fraction", "value_loss", "explained_variance", "response_length", "eos_share",
           "time_generation_s", "time_scoring_s", "time_update_s"]
@@ -53,7 +53,8 @@ def test_ppo_resumes_exactly_after_sigkill(write_recipe, tmp_path):
     clean, broken = tmp_path / "clean", tmp_path / "broken"
     recipe = _recipe(write_recipe)
     assert run_cli("run", str(recipe), "--output", str(clean), "--quiet").returncode == 0
-    killed = run_cli("run", str(recipe), "--output", str(broken), "--quiet", env={"POSTTRAIN_FAULT": "ppo:kill_at_step=3"})
+    # The fault plugin kills the process through the after_step hook of PPO's own loop.
+    killed = run_with_fault("ppo:kill_at_step=3", "run", str(recipe), "--output", str(broken), "--quiet")
     assert killed.returncode == -signal.SIGKILL
     assert sorted(p.name for p in (broken / "ppo" / "checkpoints").glob("step-*")) == ["step-2"]
     resumed = run_cli("run", str(recipe), "--output", str(broken), "--quiet")

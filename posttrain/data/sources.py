@@ -1,25 +1,81 @@
-"""Where rows come from: local files (JSONL, JSON, CSV, Parquet), Hub datasets, or the built-in world.
+"""Step 1, read: a source name becomes located rows.
 
-`load_rows` returns located rows (`Rows`, a list of dicts that remember `file:line`);
-`source_digest` hashes a source's content for stage fingerprints. A source that is not an
-existing path but looks like `owner/name` (or is written `hf:owner/name[:split]`) is a Hub
-dataset; it is only fetched by `load_rows`, never while validating a recipe.
+A source is a local file (JSONL, JSON, CSV/TSV, Parquet), a Hub dataset (`owner/name` or
+`hf:owner/name[:split]`), built-in data (`builtin:<name>`), or what a data stage of the run
+wrote (`stage:<name>`, read through the run's `data_files` mapping).
+
+Every row remembers where it came from (`file:LINE` for JSONL and CSV, `file: row N` for
+JSON arrays, Parquet and the Hub), so every later error names the file, line and field.
+A record that cannot be read is one clear error, or, with `on_error="skip"`, a skipped
+record counted with its reason. pyarrow and datasets are imported only when a source needs them.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import os
 import re
 from pathlib import Path
 
-from posttrain.data.readers import FILE_SUFFIXES, parse_hub_name, read_file, read_hub
-from posttrain.data.rows import Row, Rows, check_on_error
 from posttrain.errors import DataError
+from posttrain.stage import STAGE_DATA_PREFIX
 
+ON_ERROR = ("fail", "skip")
 BUILTIN_PREFIX = "builtin:"
 HUB_PREFIX = "hf:"
+FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+# CSV cells are text; these columns may hold JSON (message lists, completion lists, scores).
+JSON_COLUMNS = {"messages", "conversations", "completions", "responses", "scores", "emojis", "prompt", "chosen", "rejected", "completion"}
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
+
+
+# ---- located rows -----------------------------------------------------------------------------
+
+
+class Row(dict):
+    """One raw input record (a plain dict) plus its location, e.g. `data.jsonl:12`."""
+
+    def __init__(self, data: dict, location: str):
+        super().__init__(data)
+        self.location = location
+
+
+class Rows(list):
+    """The rows read from one source, plus the records skipped on the way (`on_error: skip`).
+
+    `skipped` holds (location, reason, message) for each record that could not be read
+    (malformed JSON, bad bytes); conversions count them so the accounting stays whole.
+    """
+
+    def __init__(self, rows=(), source: str = "", skipped: list[tuple[str, str, str]] | None = None):
+        super().__init__(rows)
+        self.source = source
+        self.skipped = skipped or []
+
+
+class RowError(DataError):
+    """A problem with one row: `reason` is the accounting code used when the row is skipped."""
+
+    def __init__(self, location: str, problem: str, reason: str = "invalid_row", field: str | None = None):
+        self.location, self.problem, self.reason, self.field = location, problem, reason, field
+        # Problems read as a sentence after the field: "field 'rating' is 'meh'; use up/down ...".
+        super().__init__(f"{location}: field '{field}' {problem}" if field else f"{location}: {problem}")
+
+
+def location_of(row, source: str, index: int) -> str:
+    """A row's own location, or `source: row N` for plain dicts (built-in data, library callers)."""
+    return getattr(row, "location", None) or f"{source}: row {index}"
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise DataError(f"on_error is '{on_error}'; use one of: {', '.join(ON_ERROR)}")
+
+
+# ---- source names ------------------------------------------------------------------------------
 
 
 def _builtin_sources() -> dict:
@@ -31,7 +87,7 @@ def _builtin_sources() -> dict:
     }
 
 
-def is_hub_source(source: str) -> bool:
+def _is_hub_source(source: str) -> bool:
     if source.startswith(HUB_PREFIX):
         return True
     path = Path(source)
@@ -39,7 +95,12 @@ def is_hub_source(source: str) -> bool:
 
 
 def check_source(source: str) -> None:
-    """Fail fast (before any training) when a data source cannot exist; contacts no network."""
+    """Fail fast (before any training) when a data source cannot exist; contacts no network.
+
+    A `stage:<name>` source is not looked at: the recipe checks that it names an earlier data stage.
+    """
+    if source.startswith(STAGE_DATA_PREFIX):
+        return
     if source.startswith(BUILTIN_PREFIX):
         name = source.removeprefix(BUILTIN_PREFIX)
         if name not in _builtin_sources():
@@ -47,7 +108,7 @@ def check_source(source: str) -> None:
 
             raise DataError(f"unknown built-in data '{source}'{did_you_mean(name, _builtin_sources())}; built-in: {', '.join(BUILTIN_PREFIX + n for n in _builtin_sources())}")
         return
-    if is_hub_source(source):
+    if _is_hub_source(source):
         return
     path = Path(source)
     if not path.is_file():
@@ -61,31 +122,225 @@ def source_digest(source: str) -> str:
     """sha256 of a source's content, for stage fingerprints (a file's bytes, or the built-in rows).
 
     A Hub dataset is fingerprinted by its name and split: its content is not fetched to plan a run.
+    A `stage:<name>` source by its name: the producing stage's fingerprint covers its content.
     """
     check_source(source)
+    if source.startswith(STAGE_DATA_PREFIX):
+        return hashlib.sha256(source.encode()).hexdigest()
     if source.startswith(BUILTIN_PREFIX):
         rows = _builtin_sources()[source.removeprefix(BUILTIN_PREFIX)]()
         return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    if is_hub_source(source):
+    if _is_hub_source(source):
         return hashlib.sha256(("hub:" + "/".join(parse_hub_name(source))).encode()).hexdigest()
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
-def load_rows(source: str, on_error: str = "fail") -> Rows:
+def load_rows(source: str, on_error: str = "fail", data_files: dict[str, Path] | None = None) -> Rows:
     """All rows of a source, each remembering its location.
 
     on_error: "fail" (default) stops at the first unreadable record with one line naming
     file and line; "skip" leaves it out and records it in `Rows.skipped` for the accounting.
+    data_files: the run's `stage:<name>` source -> the file that data stage wrote.
     """
     check_on_error(on_error)
-    check_source(source)
-    if source.startswith(BUILTIN_PREFIX):
-        raw = _builtin_sources()[source.removeprefix(BUILTIN_PREFIX)]()
-        rows = Rows([Row(r, f"{source}: row {i}") for i, r in enumerate(raw, start=1)], source)
-    elif is_hub_source(source):
-        rows = read_hub(source, on_error)
+    if source.startswith(STAGE_DATA_PREFIX):
+        path = (data_files or {}).get(source)
+        if path is None:
+            raise DataError(f"{source}: the data of stage '{source.removeprefix(STAGE_DATA_PREFIX)}' is not available here; "
+                            f"a stage: source is read inside a run, after that data stage has run")
+        if not Path(path).is_file():
+            raise DataError(f"{source}: the file that stage wrote, '{path}', does not exist")
+        rows = read_file(Path(path), on_error)
     else:
-        rows = read_file(Path(source), on_error)
+        check_source(source)
+        if source.startswith(BUILTIN_PREFIX):
+            raw = _builtin_sources()[source.removeprefix(BUILTIN_PREFIX)]()
+            rows = Rows([Row(r, f"{source}: row {i}") for i, r in enumerate(raw, start=1)], source)
+        elif _is_hub_source(source):
+            rows = read_hub(source, on_error)
+        else:
+            rows = read_file(Path(source), on_error)
     if not rows and not rows.skipped:
         raise DataError(f"{source}: no rows; the file is empty")
     return rows
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+class _Collector:
+    """Rows plus skipped records; raises at once unless skipping."""
+
+    def __init__(self, source: str, on_error: str):
+        self.rows, self.skipped, self.on_error = [], [], on_error
+        self.source = source
+
+    def add(self, value, location: str) -> None:
+        if not isinstance(value, dict):
+            self.bad(RowError(location, f"expected a JSON object per record, got {type(value).__name__}", "not_an_object"))
+        else:
+            self.rows.append(Row(value, location))
+
+    def bad(self, error: RowError) -> None:
+        if self.on_error != "skip":
+            raise error
+        self.skipped.append((error.location, error.reason, str(error)))
+
+    def result(self) -> Rows:
+        return Rows(self.rows, self.source, self.skipped)
+
+
+def read_file(path: Path, on_error: str = "fail") -> Rows:
+    kind = FILE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"data file '{path}': unsupported extension '{path.suffix}'; use one of: {', '.join(FILE_SUFFIXES)}")
+    return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path, on_error)
+
+
+def _not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> RowError:
+    return RowError(f"{path}:{line}", f"not UTF-8 (byte {error.start + 1} of the line); re-encode the file as UTF-8", "not_utf8")
+
+
+def _read_jsonl(path: Path, on_error: str) -> Rows:
+    out = _Collector(str(path), on_error)
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                out.bad(_not_utf8(path, number, e))
+                continue
+            line = line.lstrip("\ufeff") if number == 1 else line  # a byte-order mark is not data
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                out.bad(RowError(f"{path}:{number}", f"malformed JSON ({e.msg} at column {e.colno})", "malformed_json"))
+                continue
+            out.add(value, f"{path}:{number}")
+    return out.result()
+
+
+def _decode_whole(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise RowError(f"{path}:{line}", f"not UTF-8 (byte {column} of the line); re-encode the file as UTF-8", "not_utf8") from None
+
+
+def _read_json(path: Path, on_error: str) -> Rows:
+    """A list of objects, or an object holding one (e.g. {"data": [...]}); JSONL mislabelled .json also works."""
+    text = _decode_whole(path)
+    if not text.strip():
+        return Rows([], str(path))
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # one object per line: it is JSONL under a .json name
+            return _read_jsonl(path, on_error)
+        raise RowError(f"{path}:{e.lineno}", f"malformed JSON ({e.msg} at column {e.colno})", "malformed_json") from None
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        value = lists[0] if len(lists) == 1 and not _looks_like_a_row(value) else [value]
+    if not isinstance(value, list):
+        raise DataError(f"{path}: a .json data file holds a list of objects, got {type(value).__name__}")
+    out = _Collector(str(path), on_error)
+    for number, item in enumerate(value, start=1):
+        out.add(item, f"{path}: row {number}")
+    return out.result()
+
+
+def _looks_like_a_row(value: dict) -> bool:
+    # {"messages": [...]} is one chat row, not a wrapper around a list of rows.
+    return bool({"messages", "conversations", "completions", "replies", "prompt", "chosen"} & value.keys())
+
+
+def _read_csv(path: Path, on_error: str) -> Rows:
+    try:
+        text = _decode_whole(path)
+    except RowError as e:
+        if on_error != "skip":
+            raise
+        # Undecodable bytes become markers so only the records holding them are skipped.
+        text, first_error = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff"), e
+    else:
+        first_error = None
+    out = _Collector(str(path), on_error)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    if not reader.fieldnames:
+        return out.result()
+    start = reader.line_num + 1
+    for record in reader:
+        location, start = f"{path}:{start}", reader.line_num + 1
+        if None in record or any(v is None for v in record.values()):
+            out.bad(RowError(location, f"has {len(record) + len(record.get(None) or [])} cells but the header names {len(reader.fieldnames)} columns", "malformed_csv"))
+            continue
+        if first_error and any(_has_surrogates(v) for v in record.values()):
+            out.bad(RowError(location, first_error.problem, "not_utf8"))
+            continue
+        out.add({k: _cell(k, v) for k, v in record.items()}, location)
+    return out.result()
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _cell(column: str, value: str):
+    """A CSV cell: JSON for structured columns when it parses as a list or object, else the text."""
+    stripped = value.strip()
+    if column in JSON_COLUMNS and stripped[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(stripped)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(parsed, (list, dict)):
+            return parsed
+    return value
+
+
+def _read_parquet(path: Path, on_error: str) -> Rows:
+    import pyarrow.parquet as pq
+
+    try:
+        records = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    out = _Collector(str(path), on_error)
+    for number, record in enumerate(records, start=1):
+        out.add(record, f"{path}: row {number}")
+    return out.result()
+
+
+# ---- the Hub -----------------------------------------------------------------------------------
+
+
+def parse_hub_name(source: str) -> tuple[str, str]:
+    """`hf:owner/name[:split]` or `owner/name[:split]` -> (name, split); split defaults to train."""
+    name = source.removeprefix(HUB_PREFIX)
+    split = "train"
+    if ":" in name and "/" not in name.rsplit(":", 1)[1]:
+        name, split = name.rsplit(":", 1)
+    return name, split
+
+
+def read_hub(source: str, on_error: str = "fail") -> Rows:
+    name, split = parse_hub_name(source)
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(name, split=split)
+    except Exception as e:  # network, missing dataset or split: all one user-facing line
+        hint = (" Loading a Hub dataset needs network: set HF_DATASETS_OFFLINE=0 and HF_HUB_OFFLINE=0 (posttrain sets them to 1 by default)."
+                if offline else " Loading a Hub dataset needs network access to huggingface.co.")
+        raise DataError(f"'{source}' is not a local file, and loading it as the Hub dataset '{name}' (split '{split}') failed: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}.{hint}") from None
+    out = _Collector(source, on_error)
+    for number, record in enumerate(dataset, start=1):
+        out.add(record, f"{source}: row {number}")
+    return out.result()

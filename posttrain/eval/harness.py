@@ -6,9 +6,9 @@ chat template, generation settings and seeds are identical and recorded beside t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-import os
 from dataclasses import asdict, dataclass
 
 from posttrain.eval.suites import lm_eval_task_config, load_task_spec, local_tasks
@@ -29,20 +29,37 @@ class EvalSettings:
         return asdict(self)
 
 
-def _quiet_lm_eval() -> None:
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+@contextlib.contextmanager
+def _quiet_lm_eval():
+    """For the duration of one evaluation: lm-eval logs errors only, and skips its provenance
+    probes. Everything changed is put back on the way out (tqdm's bars are off already: the
+    CLI's environment defaults set TQDM_DISABLE before tqdm is imported)."""
     import lm_eval.evaluator
 
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
     # lm-eval shells out to `git describe` and torch's collect_env for its provenance
     # record; neither says anything about our models, and together they cost ~1 s per call.
-    lm_eval.evaluator.get_git_commit_hash = lambda: None
-    lm_eval.evaluator.add_env_info = lambda results: None
+    patched = {"get_git_commit_hash": lambda: None, "add_env_info": lambda results: None}
+    originals = {name: getattr(lm_eval.evaluator, name) for name in patched}
+    logger.setLevel(logging.ERROR)
+    for name, replacement in patched.items():
+        setattr(lm_eval.evaluator, name, replacement)
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(lm_eval.evaluator, name, original)
+        logger.setLevel(level)
 
 
 def evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettings) -> dict:
     """Scores per task: {task: {metric: value, metric_stderr: value, n: count}} and per-document samples."""
-    _quiet_lm_eval()
+    with _quiet_lm_eval():
+        return _evaluate_model(model, tokenizer, task_names, settings)
+
+
+def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettings) -> dict:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

@@ -1,13 +1,13 @@
 """The eval stage: every model of the run, on the same tasks, with the same settings.
 
-Models arrive resolved on the context (`ctx.inputs.evaluated`: (`base` and earlier training stages); scores carry
-standard errors; per-document generations (with their reward, when a reward model judges)
-are kept under `<stage>/samples/`. An unchanged model is served from `<stage>/cache/`.
+Models arrive resolved on the context (`ctx.inputs.evaluated`: `base` and earlier training stages); scores carry
+standard errors; per-document generations, each with its own reward when a reward model judges
+(`posttrain.results.Sample`), are kept under `<stage>/samples/`. An unchanged model is served from
+`<stage>/cache/`. The result is a typed `posttrain.results.Evaluation`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -21,6 +21,8 @@ from posttrain.eval.harness import EvalSettings, evaluate_model
 from posttrain.eval.suites import local_tasks, metric_info, tasks_digest
 from posttrain.eval.winrate import win_rate
 from posttrain.release_gates import MEAN_REWARD, WIN_RATE_METRICS
+from posttrain.results import (REWARD_METRIC, REWARD_TASK, CacheStats, Evaluation, Example, ModelScores, Response, Sample, TaskScores,
+                               WinRate, pair_samples, samples_path, samples_text)
 from posttrain.stage import BASE, Role, Stage, StageConfig, StageContext, StageInputs, StageResult
 
 BENCHMARK_GROUP = "benchmarks"  # the report's group for lm-eval tasks
@@ -52,7 +54,8 @@ class EvalStageConfig(StageConfig):
 
 
 def _ordered_samples(samples: dict) -> list[dict]:
-    """Every generation in one fixed (task, document) order: rewards are stored and paired in it."""
+    """Every generation in one fixed (task, document) order: the order a judge scores them in (the cache
+    stores its rewards as a list in this order; `_samples` pairs them once, on reading)."""
     return [{"task": task, **s} for task in sorted(samples) for s in samples[task]]
 
 
@@ -128,7 +131,7 @@ class EvalStage(Stage):
 
             cache = EvalCache(ctx.stage_dir / "cache", tasks_digest(config.tasks), settings.to_dict())
 
-        entries, template_fingerprints, hits = {}, {}, []
+        entries, samples, template_fingerprints, hits = {}, {}, {}, []
         evaluated = ctx.inputs.evaluated
         ctx.progress.start(ctx.name, len(evaluated))
         for i, model in enumerate(evaluated):
@@ -137,39 +140,37 @@ class EvalStage(Stage):
             entries[name], hit = self._evaluate_one(ctx, model, template_fingerprints[name], settings, cache, scorer, judge_id)
             if hit:
                 hits.append(name)
-            rows = _ordered_samples(entries[name]["samples"])
-            rewards = entries[name]["rewards"].get(judge_id) if scorer is not None else None
-            lines = [json.dumps(s | ({"reward": rewards[j]} if rewards else {})) for j, s in enumerate(rows)]
-            write_text_atomic(ctx.stage_dir / "samples" / f"{name}.jsonl", "\n".join(lines) + "\n")
+            samples[name] = _samples(entries[name], judge_id if scorer is not None else None)
+            write_text_atomic(samples_path(ctx.stage_dir, name), samples_text(samples[name]))
             ctx.progress.update(i + 1, len(evaluated), f"{name} {'(from cache)' if hit else 'evaluated'}")
         ctx.progress.finish(f"(from cache: {', '.join(hits)})" if hits else "")
         if len(set(template_fingerprints.values())) > 1:
             raise StageError(f"models were evaluated with different tokenizers or chat templates: {template_fingerprints}; the comparison would not be fair")
 
         settings_record = settings.to_dict() | {"tokenizer_fingerprint": next(iter(template_fingerprints.values()))}
-        rewards = {name: e["rewards"][judge_id] for name, e in entries.items()} if scorer is not None else {}
         models = {}
         for name, entry in entries.items():
-            models[name] = dict(entry["scores"])
-            if name in rewards:
-                mean, stderr = _mean_with_stderr(rewards[name])
-                models[name]["reward_model"] = {"mean_reward": mean, "mean_reward_stderr": stderr, "n": len(rewards[name])}
-            models[name]["settings"] = dict(settings_record)  # beside each model's scores: the same for all
-        evaluation = {
-            "settings": settings_record,
-            "tasks": config.tasks,
-            "higher_is_better": self._higher_is_better(config.tasks, entries),
-            "groups": self._groups(config.tasks),
-            "models": models,
-            "compare_to": config.compare_to if config.compare_to in entries else None,
-            "reward_model": config.reward_model,
-            "reward_model_fingerprint": judge_id,
-            "win_rates": self._win_rates(config.compare_to, entries, rewards),
-            "examples": self._examples(config, entries, rewards),
-            "cache": {"hits": hits, "misses": [n for n in entries if n not in hits]},
+            tasks = {task: TaskScores.model_validate(scores) for task, scores in entry["scores"].items()}
+            rewards = [s.reward for s in samples[name]]
+            if scorer is not None:
+                mean, stderr = _mean_with_stderr(rewards)
+                tasks[REWARD_TASK] = TaskScores(metrics={REWARD_METRIC: mean}, stderr={REWARD_METRIC: stderr}, n=len(rewards))
+            models[name] = ModelScores(tasks=tasks, settings=dict(settings_record))  # beside each model's scores: the same for all
+        evaluation = Evaluation(
+            settings=settings_record,
+            tasks=config.tasks,
+            higher_is_better=self._higher_is_better(config.tasks, entries),
+            groups=self._groups(config.tasks),
+            models=models,
+            compare_to=config.compare_to if config.compare_to in entries else None,
+            judge=config.reward_model,
+            judge_fingerprint=judge_id,
+            win_rates=self._win_rates(config.compare_to, samples) if scorer is not None else {},
+            examples=self._examples(config, samples),
+            cache=CacheStats(hits=hits, misses=[n for n in entries if n not in hits]),
             # Lets `posttrain compare` show a model shared by several runs (e.g. the same SFT) once.
-            "model_fingerprints": {model.name: model.fingerprint for model in evaluated},
-        }
+            model_fingerprints={model.name: model.fingerprint for model in evaluated},
+        )
         return StageResult(metrics={"models_evaluated": len(models), "models_from_cache": len(hits)}, evaluation=evaluation)
 
     @staticmethod
@@ -187,33 +188,52 @@ class EvalStage(Stage):
                 for task in tasks}
 
     @staticmethod
-    def _win_rates(baseline: str | None, entries: dict, rewards: dict) -> dict:
-        if baseline not in rewards:
+    def _win_rates(baseline: str | None, samples: dict[str, list[Sample]]) -> dict[str, WinRate]:
+        """Each judged model but base and the baseline against the baseline, on the same documents."""
+        if baseline not in samples:
             return {}
-        texts = {name: [s["response"] for s in _ordered_samples(e["samples"])] for name, e in entries.items()}
         out = {}
-        for name in rewards:
-            if name not in (baseline, BASE):
-                w = win_rate(rewards[name], rewards[baseline], texts[name], texts[baseline])
-                out[f"{name}_vs_{baseline}"] = {"candidate": name, "baseline": baseline, **w}
+        for name, own in samples.items():
+            if name in (baseline, BASE):
+                continue
+            pairs = pair_samples(own, samples[baseline])
+            if pairs is None:
+                raise StageError(f"models '{name}' and '{baseline}' were not evaluated on the same documents; no win rate")
+            w = win_rate([c.reward for c, _ in pairs], [b.reward for _, b in pairs], [c.response for c, _ in pairs], [b.response for _, b in pairs])
+            out[WinRate.key(name, baseline)] = WinRate(candidate=name, baseline=baseline, **w)
         return out
 
     @staticmethod
-    def _examples(config: EvalStageConfig, entries: dict, rewards: dict) -> list[dict]:
-        """The first `examples_per_task` held-out prompts of each task, with every model's response."""
+    def _examples(config: EvalStageConfig, samples: dict[str, list[Sample]]) -> list[Example]:
+        """The first `examples_per_task` held-out prompts of each task, with every model's response (and reward)."""
+        by_task = {name: _by_task(own) for name, own in samples.items()}
+        first = next(iter(by_task.values()))
         examples = []
-        offsets = {}  # where each task starts in the ordered samples (rewards are stored in that order)
-        first = next(iter(entries.values()))
-        position = 0
-        for task in sorted(first["samples"]):
-            offsets[task] = position
-            position += len(first["samples"][task])
         for task in config.tasks:
-            for i in range(min(config.examples_per_task, len(first["samples"].get(task, [])))):
-                doc = first["samples"][task][i]
+            for doc in first.get(task, [])[:config.examples_per_task]:
                 responses = {}
-                for name, entry in entries.items():
-                    reward = rewards[name][offsets[task] + i] if name in rewards else None
-                    responses[name] = {"response": entry["samples"][task][i]["response"], "reward": reward}
-                examples.append({"task": task, "prompt": doc["prompt"], "target": doc["target"], "responses": responses})
+                for name, tasks in by_task.items():
+                    own = next((s for s in tasks.get(task, []) if s.prompt == doc.prompt), None)
+                    if own is not None:
+                        responses[name] = Response(response=own.response, reward=own.reward)
+                examples.append(Example(task=task, prompt=doc.prompt, target=doc.target, responses=responses))
         return examples
+
+
+def _samples(entry: dict, judge_id: str | None) -> list[Sample]:
+    """A cache entry's generations as samples, each with its own reward. The entry stores a judge's rewards
+    as one list in `_ordered_samples` order (the order they were scored in): this is the one place they
+    are paired with their generations."""
+    rows = _ordered_samples(entry["samples"])
+    rewards = entry["rewards"][judge_id] if judge_id is not None else [None] * len(rows)
+    if len(rewards) != len(rows):
+        raise StageError(f"{entry.get('model')}: {len(rewards)} rewards for {len(rows)} generations; delete the eval cache and run again")
+    return [Sample(task=r["task"], prompt=r["prompt"], response=r["response"], target=r.get("target"), reward=reward)
+            for r, reward in zip(rows, rewards)]
+
+
+def _by_task(samples: list[Sample]) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for s in samples:
+        out.setdefault(s.task, []).append(s)
+    return out

@@ -1,7 +1,9 @@
-"""The PPO loop's pieces: one iteration (rollout, scoring, advantages, updates) and its checkpoints.
+"""The PPO loop's pieces: the named parts it trains and checkpoints, and one iteration
+(rollout, scoring, advantages, updates).
 
-The stage (posttrain/stages/ppo.py) wires models and data; this module holds the loop so
-it can import torch at the top without slowing `posttrain validate`.
+The stage (posttrain/stages/ppo.py) wires models and data and hands `PPOParts` to
+`training.run_own_loop`, which resumes, checkpoints and stops it like every other stage;
+this module can import torch at the top without slowing `posttrain validate`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,8 +22,45 @@ from posttrain.rl import ppo_math as pm
 from posttrain.rl.rollout import Rollout, response_logprobs, sample, token_values
 
 
-def ppo_iteration(batch, policy, reference, value, scorer, tokenizer, optimizer, scheduler, kl_controller, config, step: int) -> dict:
+@dataclass
+class PPOParts:
+    """Everything one PPO run trains, reads and checkpoints."""
+
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None  # None with LoRA: the policy with its adapter disabled
+    value: torch.nn.Module
+    scorer: object  # posttrain.reward.scorer.RewardScorer
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    kl_controller: pm.AdaptiveKLController
+    history: list[dict] = field(default_factory=list)  # per-iteration stats, for curves
+
+    def save(self, directory: Path) -> None:
+        save_file(_trainable_state(self.policy), directory / "policy.safetensors")
+        save_file(_trainable_state(self.value), directory / "value.safetensors")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, directory / "optimizer_and_rng.pt")
+        (directory / "loop_state.json").write_text(json.dumps({"step": len(self.history), "kl_coef": self.kl_controller.value,
+                                                               "history": self.history}))
+
+    def load(self, directory: Path) -> int:
+        self.policy.load_state_dict(load_file(directory / "policy.safetensors"), strict=False)
+        self.value.load_state_dict(load_file(directory / "value.safetensors"), strict=False)
+        states = torch.load(directory / "optimizer_and_rng.pt", weights_only=True)
+        self.optimizer.load_state_dict(states["optimizer"])
+        self.scheduler.load_state_dict(states["scheduler"])
+        torch.set_rng_state(states["rng"])
+        state = json.loads((directory / "loop_state.json").read_text())
+        self.kl_controller.value = state["kl_coef"]
+        self.history = state["history"]
+        return state["step"]
+
+
+def ppo_iteration(parts: PPOParts, batch: list, config, step: int) -> dict:
     """One rollout batch: sample, score, KL-penalise, GAE, then `ppo_epochs` of minibatch updates."""
+    policy, reference, value, scorer, tokenizer = parts.policy, parts.reference, parts.value, parts.scorer, parts.tokenizer
+    optimizer, scheduler, kl_controller = parts.optimizer, parts.scheduler, parts.kl_controller
     timer = time.perf_counter()
     policy.eval()
     rollout = sample(policy, tokenizer, batch, config.max_length, config.max_new_tokens, config.temperature, config.top_p)
@@ -112,26 +153,3 @@ def _select(rollout: Rollout, idx: torch.Tensor) -> Rollout:
 def _trainable_state(model) -> dict:
     # Only what trains (all weights, or the LoRA adapter and head); clone to untie shared tensors.
     return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(store, step, policy, value, optimizer, scheduler, kl_controller, history) -> None:
-    directory = store.scratch / f"checkpoint-{step}"
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(_trainable_state(policy), directory / "model.safetensors")
-    save_file(_trainable_state(value), directory / "value.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, directory / "rng_state.pth")
-    (directory / "trainer_state.json").write_text(json.dumps({"global_step": step, "kl_coef": kl_controller.value, "history": history}))
-    store.commit(directory)
-
-
-def load_checkpoint(directory, policy, value, optimizer, scheduler, kl_controller) -> tuple[int, list[dict]]:
-    policy.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
-    value.load_state_dict(load_file(directory / "value.safetensors"), strict=False)
-    states = torch.load(directory / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
-    torch.set_rng_state(torch.load(directory / "rng_state.pth", weights_only=True)["torch"])
-    state = json.loads((directory / "trainer_state.json").read_text())
-    kl_controller.value = state["kl_coef"]
-    return state["global_step"], state["history"]

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from posttrain.stage import PreparedData, Role, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig
+from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig
 
 
 class PPOStageConfig(TrainStageConfig):
@@ -65,13 +65,10 @@ class PPOStage(TrainingStage):
         from peft import LoraConfig, get_peft_model
         from transformers import get_scheduler
 
-        from posttrain import faults
-        from posttrain.checkpoints import CheckpointStore
-        from posttrain.errors import StageInterrupted
         from posttrain.reward.scorer import gated_scorer
-        from posttrain.rl.ppo_loop import load_checkpoint, ppo_iteration, prompt_order, save_checkpoint
+        from posttrain.rl.ppo_loop import PPOParts, ppo_iteration, prompt_order
         from posttrain.rl.ppo_math import AdaptiveKLController
-        from posttrain.training import StopOnSignal, load_trainable_model, peft_config, save_stage_model
+        from posttrain.training import load_trainable_model, peft_config, run_own_loop, save_stage_model
 
         config: PPOStageConfig = ctx.config
         judge = ctx.inputs.judge
@@ -102,35 +99,20 @@ class PPOStage(TrainingStage):
         ], weight_decay=config.weight_decay)
         total_updates = iterations * config.ppo_epochs * minibatches
         scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_updates), num_training_steps=total_updates)
-        kl_controller = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        parts = PPOParts(policy, reference, value, scorer, tokenizer, optimizer, scheduler,
+                         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon))
         order = prompt_order(len(prompts), iterations * config.batch_size, ctx.seed)
 
-        store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
-        store.prepare()
-        history: list[dict] = []
-        start = 0
-        resume = store.latest_loadable(warn=ctx.progress.message)
-        if resume is not None:
-            start, history = load_checkpoint(resume, policy, value, optimizer, scheduler, kl_controller)
-            ctx.progress.message(f"  resuming {ctx.name} from {resume}")
+        def iteration(step: int) -> str:
+            batch = [prompts[i] for i in order[(step - 1) * config.batch_size: step * config.batch_size]]
+            stats = ppo_iteration(parts, batch, config, step)
+            parts.history.append({"step": step, **stats})
+            return f"reward {stats['reward']:.3f} kl {stats['kl']:.3f}"
 
-        stopper = StopOnSignal()
-        ctx.progress.start(ctx.name, iterations)
-        with stopper.installed():
-            for iteration in range(start, iterations):
-                batch = [prompts[i] for i in order[iteration * config.batch_size: (iteration + 1) * config.batch_size]]
-                stats = ppo_iteration(batch, policy, reference, value, scorer, tokenizer, optimizer, scheduler, kl_controller, config, iteration + 1)
-                history.append({"step": iteration + 1, **stats})
-                ctx.progress.update(iteration + 1, iterations, f"reward {stats['reward']:.3f} kl {stats['kl']:.3f}")
-                done = iteration + 1
-                faults.after_step(ctx.name, done)
-                if stopper.received is not None or (config.save_steps and done % config.save_steps == 0 and done < iterations):
-                    save_checkpoint(store, done, policy, value, optimizer, scheduler, kl_controller, history)
-                if stopper.received is not None:
-                    raise StageInterrupted(f"stage '{ctx.name}' stopped at iteration {done}; checkpoint saved; run the same command again to resume")
-        ctx.progress.finish(f"({iterations} iterations)")
+        run_own_loop(ctx, iterations, parts, iteration)
 
         save_stage_model(ctx, policy, tokenizer)
+        history = parts.history
         curves = {key: [[h["step"], h[key]] for h in history] for key in history[0] if key != "step"} if history else {}
         metrics = {f"{key}_first": points[0][1] for key, points in curves.items()} | {f"{key}_last": points[-1][1] for key, points in curves.items()}
         metrics |= {"iterations": iterations, "prompts": len(prompts), "reference": ctx.parent.name, "reward_model": judge.name}

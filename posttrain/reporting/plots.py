@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import re
 
-from posttrain.eval.summary import format_value, metric_rows, win_rate_rows
+from posttrain.reporting.summary import format_value, metric_rows, win_rate_rows
+from posttrain.results import Evaluation, RunResults
 
 # Trainer bookkeeping, not learning: a single end-of-run value or a counter.
 _NOT_CURVES = {"num_tokens", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "epoch"}
@@ -61,11 +62,11 @@ def training_curves(stage: str, curves: dict) -> bytes | None:
     return _png(fig)
 
 
-def metric_bars(evaluation: dict) -> bytes | None:
+def metric_bars(evaluation: Evaluation) -> bytes | None:
     rows = metric_rows(evaluation)
     if not rows:
         return None
-    models = list(evaluation["models"])
+    models = list(evaluation.models)
     colors = [f"C{i % 10}" for i in range(len(models))]
     fig, axes = _figure(len(rows), width=2.9, height=2.5, columns=4)
     for ax, row in zip(axes, rows):
@@ -87,26 +88,26 @@ def metric_bars(evaluation: dict) -> bytes | None:
     return _png(fig)
 
 
-def win_rates(evaluation: dict) -> bytes | None:
+def win_rates(evaluation: Evaluation) -> bytes | None:
     rows = win_rate_rows(evaluation)
     if not rows:
         return None
     fig, (rate_ax, words_ax) = _figure(2, width=4.4, height=1.1 + 0.5 * len(rows), columns=2)
-    labels = [f"{c} vs {b}" for c, b, _ in rows]
-    rates = [w["win_rate"] for _, _, w in rows]
-    low = [w["win_rate"] - w["ci95"][0] for _, _, w in rows]
-    high = [w["ci95"][1] - w["win_rate"] for _, _, w in rows]
+    labels = [f"{w.candidate} vs {w.baseline}" for w in rows]
+    rates = [w.win_rate or 0.0 for w in rows]
+    low = [rate - w.ci95[0] for rate, w in zip(rates, rows)]
+    high = [w.ci95[1] - rate for rate, w in zip(rates, rows)]
     positions = list(range(len(rows)))
     rate_ax.barh(positions, rates, xerr=[low, high], capsize=4, color="C2")
-    for p, (_, _, w) in zip(positions, rows):
-        rate_ax.text(0.02, p, f"{w['win_rate']:.3f}  ({w['wins']} W / {w['ties']} T / {w['losses']} L)", va="center", fontsize=7, color="white")
+    for p, w in zip(positions, rows):
+        rate_ax.text(0.02, p, f"{format_value(w.win_rate)}  ({w.wins} W / {w.ties} T / {w.losses} L)", va="center", fontsize=7, color="white")
     rate_ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     rate_ax.set_xlim(0, 1)
     rate_ax.set_yticks(positions, labels, fontsize=8)
     rate_ax.set_title("win rate judged by the reward model (95% CI; ties count half)", fontsize=8)
     height = 0.38
-    words_ax.barh([p - height / 2 for p in positions], [w["mean_words_candidate"] for _, _, w in rows], height, label="candidate", color="C2")
-    words_ax.barh([p + height / 2 for p in positions], [w["mean_words_baseline"] for _, _, w in rows], height, label="baseline", color="C7")
+    words_ax.barh([p - height / 2 for p in positions], [w.mean_words_candidate for w in rows], height, label="candidate", color="C2")
+    words_ax.barh([p + height / 2 for p in positions], [w.mean_words_baseline for w in rows], height, label="baseline", color="C7")
     words_ax.set_yticks(positions, labels, fontsize=8)
     words_ax.set_title("mean words per answer (length bias check)", fontsize=8)
     words_ax.legend(fontsize=7)
@@ -116,16 +117,16 @@ def win_rates(evaluation: dict) -> bytes | None:
     return _png(fig)
 
 
-def render_plots(results: dict) -> list[tuple[str, str, bytes]]:
+def render_plots(results: RunResults) -> list[tuple[str, str, bytes]]:
     """(file name, caption, PNG bytes) for every plot the results support, in report order."""
     plots = []
-    evaluation = results.get("evaluation")
+    evaluation = results.evaluation
     if evaluation:
         for title, png in (("metrics per model", metric_bars(evaluation)), ("win rates", win_rates(evaluation))):
             if png:
                 plots.append((_file_name(title), title, png))
-    for stage, summary in (results.get("stages") or {}).items():
-        png = training_curves(stage, summary.get("curves"))
+    for stage, summary in results.stages.items():
+        png = training_curves(stage, summary.curves)
         if png:
             plots.append((_file_name(f"curves {stage}"), f"training curves: {stage}", png))
     return plots

@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from posttrain.eval.report import (GATE_HEADER, STAGE_HEADER, WIN_HEADER, gate_table, settings_sentence, shared_sentence, stage_rows,
-                                   tax_sentence, title, win_rate_table)
-from posttrain.eval.summary import banner, baseline_of, delta_models, format_delta, format_value, metric_rows, releases, settings_by_model
+from posttrain.reporting.summary import (GATE_HEADER, STAGE_HEADER, WIN_HEADER, banner, baseline_of, delta_models, format_delta,
+                                         format_value, gate_table, metric_rows, releases, settings_by_model, settings_sentence,
+                                         shared_sentence, stage_rows, tax_sentence, title, win_rate_table)
+from posttrain.results import Evaluation, RunResults
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #1d1d1f; }
@@ -42,9 +43,9 @@ def _class(classes: list[str] | None, i: int) -> str:
     return f' class="{classes[i]}"' if classes and i < len(classes) and classes[i] else ""
 
 
-def _metrics_table(evaluation: dict) -> str:
+def _metrics_table(evaluation: Evaluation) -> str:
     rows = metric_rows(evaluation)
-    models, baseline, others = list(evaluation["models"]), baseline_of(evaluation), delta_models(evaluation)
+    models, baseline, others = list(evaluation.models), baseline_of(evaluation), delta_models(evaluation)
     head = "".join(f"<th>{escape(h)}</th>" for h in ["group", "metric", *models, *[f"Δ {m} vs {baseline}" for m in others]])
     body = []
     for r in rows:
@@ -64,20 +65,20 @@ def _metrics_table(evaluation: dict) -> str:
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _examples(evaluation: dict) -> str:
+def _examples(evaluation: Evaluation) -> str:
     parts = []
-    for ex in evaluation.get("examples") or []:
-        rows = "".join(f'<tr><td>{escape(m)}</td><td class="response">{escape(r["response"]) or "<em>(empty)</em>"}</td>'
-                       f'<td class="num">{escape(format_value(r.get("reward")))}</td></tr>' for m, r in ex["responses"].items())
-        parts.append(f'<div class="example"><div class="prompt">{escape(ex["task"])}: {escape(ex["prompt"])}</div>'
-                     f'<div class="target">expected: {escape(ex["target"])}</div>'
+    for ex in evaluation.examples:
+        rows = "".join(f'<tr><td>{escape(m)}</td><td class="response">{escape(r.response) or "<em>(empty)</em>"}</td>'
+                       f'<td class="num">{escape(format_value(r.reward))}</td></tr>' for m, r in ex.responses.items())
+        parts.append(f'<div class="example"><div class="prompt">{escape(ex.task)}: {escape(ex.prompt)}</div>'
+                     f'<div class="target">expected: {escape(str(ex.target))}</div>'
                      f"<table><thead><tr><th>model</th><th>response</th><th>reward</th></tr></thead><tbody>{rows}</tbody></table></div>")
     return "".join(parts)
 
 
-def render_html(results: dict, plots: list[tuple[str, str, bytes]] = ()) -> str:
+def render_html(results: RunResults, plots: list[tuple[str, str, bytes]] = ()) -> str:
     state, sentence = banner(results)
-    evaluation = results.get("evaluation")
+    evaluation = results.evaluation
     out = [f'<h1>{escape(title(results))}</h1>', f'<div class="banner {state}" id="release">{escape(sentence)}</div>']
     if evaluation and metric_rows(evaluation):
         baseline = baseline_of(evaluation)
@@ -90,14 +91,14 @@ def render_html(results: dict, plots: list[tuple[str, str, bytes]] = ()) -> str:
                    f"{escape(shared_sentence(evaluation))}</p>")
         wins = win_rate_table(evaluation)
         if wins:
-            out.append(f"<h3>Win rate judged by the reward model <code>{escape(str(evaluation.get('reward_model')))}</code></h3>")
+            out.append(f"<h3>Win rate judged by the reward model <code>{escape(str(evaluation.judge))}</code></h3>")
             out.append(_table(WIN_HEADER, wins, ["", "", "num", "num", "num", "num"]))
             out.append('<p class="note">Ties count half. Mean words per answer of both sides show whether a win was bought with length.</p>')
     for label, release in releases(results):
         if release:
-            verdict = "releasable" if release["releasable"] else "NOT releasable"
+            verdict = "releasable" if release.releasable else "NOT releasable"
             rows = gate_table(release)
-            out.append(f"<h2>Release gates: {escape(label or release['profile'])} — {verdict}</h2>")
+            out.append(f"<h2>Release gates: {escape(label or release.profile or '')} — {verdict}</h2>")
             head = "".join(f"<th>{escape(h)}</th>" for h in GATE_HEADER)
             body = "".join(f'<tr><td>{escape(g)}</td><td class="num">{escape(v)}</td>'
                            f'<td class="{"pass" if r == "pass" else "fail"}">{escape(r)}</td></tr>' for g, v, r in rows)
@@ -114,7 +115,7 @@ def render_html(results: dict, plots: list[tuple[str, str, bytes]] = ()) -> str:
         if differing:
             per_model = settings_by_model(evaluation)
             out.append(_table(["model", *differing], [[m, *[s.get(k) for k in differing]] for m, s in per_model.items()]))
-        if evaluation.get("examples"):
+        if evaluation.examples:
             out.append('<h2>Side by side: held-out prompts</h2><p class="note">The first prompts of each task (the same in every run), '
                        "with every model's response and its reward.</p>" + _examples(evaluation))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title(results))}</title>'
