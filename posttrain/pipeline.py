@@ -24,7 +24,7 @@ import torch
 from transformers import set_seed
 
 from posttrain.atomic import is_committed, write_json_atomic
-from posttrain.errors import PosttrainError, StageInterrupted
+from posttrain.errors import PosttrainError, StageError, StageInterrupted
 from posttrain.progress import ProgressReporter
 from posttrain.model_store import ModelStore
 from posttrain.recipe import PlannedStage, Recipe
@@ -172,7 +172,8 @@ class Pipeline:
     def _context(self, plan: ScheduledStage, inputs: ResolvedInputs, data: PreparedData | None) -> StageContext:
         stage = plan.stage
         return StageContext(name=stage.name, config=stage.config, stage_dir=self.layout.stage_dir(stage.name), store=self.store,
-                            progress=self.reporter, inputs=inputs, seed=self.recipe.spec.seed, fingerprint=plan.fingerprint, data=data)
+                            progress=self.reporter, inputs=inputs, seed=self.recipe.spec.seed, fingerprint=plan.fingerprint, data=data,
+                            data_output=self.layout.data_file(stage.name) if stage.role is Role.DATA else None)
 
     def context(self, name: str) -> StageContext:
         """The context stage `name` would run with (inputs resolved, data prepared), without running it:
@@ -243,6 +244,8 @@ class Pipeline:
                 result: StageResult = stage.stage_cls().run(context)
             if stage.role.produces_model and inputs.parent is not None:
                 manifest["tokenizer_fingerprint"] = self.store.check_tokenizer_carried(inputs.parent, stage.name)
+            if stage.role is Role.DATA and not context.data_output.is_file():
+                raise StageError(f"data stage '{stage.name}' ({stage.kind}) finished without writing {context.data_output}")
         except BaseException as e:
             error = e
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:

@@ -167,6 +167,7 @@ class StageContext:
     seed: int = 0
     fingerprint: str = ""  # identifies this stage's exact inputs; checkpoints are tied to it
     data: PreparedData | None = None
+    data_output: Path | None = None  # data stages: write your rows here (JSONL, atomically: posttrain.atomic.write_text_atomic)
 
     @property
     def parent(self) -> ModelRef | None:

@@ -1,4 +1,7 @@
-"""Every input row is accounted for: read = used + sum(dropped by reason)."""
+"""The ledger every step writes: each input row is used, or dropped with one reason.
+
+rows_read = rows_used + sum(dropped by reason), checked when a conversion finishes.
+"""
 
 from __future__ import annotations
 
@@ -41,9 +44,16 @@ class DataAccounting:
     def rows_dropped(self) -> int:
         return sum(self.dropped.values())
 
-    def check_balanced(self) -> None:
+    def finish(self, examples: list) -> None:
+        """Record the examples built, and check that no row vanished without a reason."""
+        self.examples_used = len(examples)
         # A bug guard, not a user error: rows must never vanish without a reason.
         assert self.rows_read == self.rows_used + self.rows_dropped, self.to_dict()
+
+    def reasons(self) -> str:
+        """The drops by reason, and the first skipped row, for an error that says why nothing is left."""
+        reasons = ", ".join(f"{k}: {v}" for k, v in self.dropped.most_common()) or "nothing dropped"
+        return reasons + (f"; first skipped row: {self.errors[0]}" if self.errors else "")
 
     def fail_if_too_many_dropped(self, max_drop_share: float) -> None:
         quality_drops = {r: n for r, n in self.dropped.items() if r not in NOT_A_QUALITY_DROP}

@@ -1,4 +1,4 @@
-"""Reading typed fields out of raw rows, with errors that name the location and the field.
+"""Step 3, units (1/4): typed values read out of a row's fields, with errors that name the location and the field.
 
 Every accessor either returns a clean value or raises a `RowError` whose `reason` is the
 accounting code used when the row is skipped: `missing_field`, `wrong_type`, `bad_value`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from posttrain.data.rows import RowError
+from posttrain.data.sources import RowError
 
 Messages = list[dict]
 

@@ -58,10 +58,10 @@ def resolve_format(name: str | None) -> str | None:
 def demonstration_shape(row: dict) -> str | None:
     """The demonstration format a row's conversation and reply are written in, ignoring any feedback field."""
     keys = row.keys()
-    if {"response", "completion"} & keys:
-        return "prompt_completion" if {"prompt", "messages"} & keys else None
     if "conversations" in keys:
         return "sharegpt"
+    if {"response", "completion"} & keys and {"prompt", "messages"} & keys:
+        return "prompt_completion"
     if "messages" in keys:
         return "messages"
     if "instruction" in keys and "output" in keys:

@@ -1,4 +1,4 @@
-"""OpenAssistant message trees become one `Vote` unit per assistant reply.
+"""Step 3, units (3/4): OpenAssistant message trees become one `Vote` unit per assistant reply.
 
 The accounting unit is the assistant message: each one is used or dropped with a reason.
 Prompter messages are conversation context, not rows. Rules:
@@ -14,25 +14,13 @@ nested) and flat message rows linked by `parent_id` (the Hub's oasst1/oasst2 lay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from posttrain.data import fields as f
-from posttrain.data.rows import RowError
-from posttrain.data.units import Vote
+from posttrain.data.sources import RowError
+from posttrain.data.units import Dropped, Vote
 
 _LOCATION = "__location__"  # where a flat row came from, kept on its node
-
-
-@dataclass
-class Dropped:
-    """A unit that exists but cannot be used, with its reason (and the error text, if any)."""
-
-    location: str
-    reason: str
-    message: str | None = None
-
-
 Locate = Callable[[dict, str], tuple[str, str]]  # (node, path) -> (location, field prefix)
 
 
@@ -91,7 +79,7 @@ def _walk(root: dict, root_path: str, locate: Locate, on_error: str) -> list[Vot
         if role == "assistant":
             if not any(m["role"] == "user" for m in conversation):
                 raise RowError(location, "is an assistant reply with no prompter message before it", "bad_value", f"{prefix}role")
-            up, down = votes(node, location, prefix)
+            up, down = _votes(node, location, prefix)
             out.append(Vote(where, [dict(m) for m in conversation], response=text, up=up, down=down,
                             rank=_rank(node, location, prefix), rank_group=str(parent_id)))
         turn = ({"role": role, "content": text},)
@@ -120,7 +108,7 @@ def _required(node: dict, key: str, location: str, prefix: str):
     return node[key]
 
 
-def emoji_counts(node: dict) -> dict:
+def _emoji_counts(node: dict) -> dict:
     """Emoji name -> count, from {"+1": 3} or the Hub's {"name": [...], "count": [...]} (null -> {})."""
     emojis = node.get("emojis") or {}
     if isinstance(emojis, dict) and isinstance(emojis.get("name"), list) and isinstance(emojis.get("count"), list):
@@ -130,9 +118,9 @@ def emoji_counts(node: dict) -> dict:
     return emojis if isinstance(emojis, dict) else {"__invalid__": emojis}
 
 
-def votes(node: dict, location: str, prefix: str) -> tuple[int, int]:
+def _votes(node: dict, location: str, prefix: str) -> tuple[int, int]:
     """(+1 count, -1 count) of a message."""
-    counts = emoji_counts(node)
+    counts = _emoji_counts(node)
     out = []
     for name in ("+1", "-1"):
         value = counts.get(name, 0)
@@ -149,11 +137,11 @@ def _rank(node: dict, location: str, prefix: str) -> float | None:
 
 def _drop_subtree(node, location: str, reason: str, message: str | None = None, at_least: int = 1) -> list[Dropped]:
     """Every assistant reply at or below `node` is dropped; an error counts at least one row, so it never vanishes."""
-    count = max(at_least, sum(1 for m in iter_messages(node) if str(m.get("role", "")).lower() == "assistant"))
+    count = max(at_least, sum(1 for m in _messages_at_or_below(node) if str(m.get("role", "")).lower() == "assistant"))
     return [Dropped(location, reason, message if i == 0 else None) for i in range(count)]
 
 
-def iter_messages(root) -> Iterator[dict]:
+def _messages_at_or_below(root) -> Iterator[dict]:
     """Every message object in a tree, root first (tolerant: skips anything that is not a dict)."""
     stack = [root]
     while stack:

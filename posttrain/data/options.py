@@ -1,48 +1,71 @@
-"""Conversion options shared by SFT, preference and KTO data (each a future stage config field)."""
+"""DataOptions: how a stage's data is read, filtered and converted (a training stage's `data_options:`).
+
+One type for the recipe, the library and `posttrain data`: validated with the recipe, before
+any model or data is loaded, so this module imports only pydantic and the format names.
+The tokenizer that counts tokens is a runtime object, not an option: the conversions take it
+as a separate argument.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from posttrain.data.formats import resolve_format
-from posttrain.data.rows import ON_ERROR
 from posttrain.errors import DataError
 
-DEDUPE = ("exact", "normalized", "none")
-SPLITS = ("train", "test")
-BOTH_VOTES = ("majority", "drop")
-TIES = ("skip", "fail")
+
+class DataOptions(BaseModel):
+    """How a stage's data is read and filtered (docs/data.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str | None = Field(None, description="Force a data format instead of detecting it (e.g. thumbs, pairs, oasst).")
+    on_error: Literal["fail", "skip"] = Field("fail", description="A bad row stops the run, or is skipped and counted with its reason.")
+    dedupe: Literal["exact", "normalized", "none"] = "exact"
+    max_tokens: int | None = Field(None, gt=0, description="Drop examples longer than this (prompt + reply, approximate tokens).")
+    split: Literal["train", "test"] | None = Field(None, description="Use one side of a deterministic split by prompt.")
+    test_share: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+    both_votes: Literal["majority", "drop"] = Field("majority", description="A reply with up and down votes: the net vote decides, or it is dropped.")
+    ties: Literal["skip", "fail"] = Field("skip", description="Equal ranks or scores: no pair, or an error naming the row.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        """Aliases become the format's name ('pairs' -> 'preference'); 'auto' becomes None."""
+        try:
+            return resolve_format(value)
+        except DataError as e:
+            raise PydanticCustomError("unknown_format", "{message}", {"message": str(e)}) from None
+
+    @classmethod
+    def from_keywords(cls, options: dict) -> DataOptions:
+        """Options given as keywords (library callers, `posttrain data`): an unknown name is a
+        TypeError, as for any function; a bad value is a `DataError` of one line."""
+        unknown = sorted(set(options) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"unknown data option(s) {', '.join(unknown)}; known: {', '.join(cls.model_fields)}")
+        try:
+            return cls(**options)
+        except ValidationError as e:
+            raise DataError(_one_line(e)) from None
 
 
-@dataclass(frozen=True)
-class DataOptions:
-    format: str | None = None  # None/"auto": detect per row; else force one format (see formats.FORMATS)
-    on_error: str = "fail"  # "fail": stop at the first bad row; "skip": drop it, counted by reason
-    dedupe: str = "exact"  # "exact", "normalized" (case, punctuation, spacing ignored) or "none"
-    max_tokens: int | None = None  # drop examples whose prompt + reply exceed this many tokens
-    tokenizer: object = None  # a tokenizer (with .encode) or a callable text -> token count; default: approximate
-    split: str | None = None  # None: every row; "train" / "test": one side of a split by prompt
-    test_share: float = 0.1  # share of prompts held out as "test"
-    seed: int = 0  # the split's seed
-    both_votes: str = "majority"  # a reply with up and down votes: "majority" (net vote decides, a tie conflicts) or "drop"
-    ties: str = "skip"  # equal ranks or scores: "skip" (no pair) or "fail" (an error naming the row)
-
-    def __post_init__(self):
-        object.__setattr__(self, "format", resolve_format(self.format))
-        for name, allowed in (("on_error", ON_ERROR), ("dedupe", DEDUPE), ("both_votes", BOTH_VOTES), ("ties", TIES)):
-            if getattr(self, name) not in allowed:
-                raise DataError(f"{name} is '{getattr(self, name)}'; use one of: {', '.join(allowed)}")
-        if self.split is not None and self.split not in SPLITS:
-            raise DataError(f"split is '{self.split}'; use train, test, or leave it unset for every row")
-        if not 0 < self.test_share < 1:
-            raise DataError(f"test_share is {self.test_share}; use a share between 0 and 1, e.g. 0.1")
-        if self.max_tokens is not None and self.max_tokens <= 0:
-            raise DataError(f"max_tokens is {self.max_tokens}; use a positive number of tokens")
-
-
-def make_options(options: dict) -> DataOptions:
-    known = {f.name for f in fields(DataOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown data option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return DataOptions(**options)
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name, value = str(first["loc"][0]), first.get("input")
+    choices = get_args(DataOptions.model_fields[name].annotation)
+    if name == "format":
+        return first["msg"]
+    if name == "split":
+        return f"split is '{value}'; use train, test, or leave it unset for every row"
+    if name == "test_share":
+        return f"test_share is {value}; use a share between 0 and 1, e.g. 0.1"
+    if name == "max_tokens":
+        return f"max_tokens is {value}; use a positive number of tokens"
+    if choices and all(isinstance(c, str) for c in choices):
+        return f"{name} is '{value}'; use one of: {', '.join(choices)}"
+    return f"{name} is {value!r}: {first['msg']}"

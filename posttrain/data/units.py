@@ -1,4 +1,4 @@
-"""The canonical shapes every input format is parsed into.
+"""Step 3, units (2/4): the conversation units every input format is read into.
 
 One unit is one accountable row: a line of a flat file, or one assistant message of an
 OpenAssistant tree. Prompts are message lists (the whole conversation up to the reply),
@@ -71,6 +71,15 @@ class Vote(Unit):
 
     def responses(self) -> list[str]:
         return [self.response]
+
+
+@dataclass
+class Dropped:
+    """A row (or OpenAssistant reply) that exists but cannot be used, with its reason (and the error text, if any)."""
+
+    location: str
+    reason: str
+    message: str | None = None
 
 
 def completion_text(messages: Messages) -> str:

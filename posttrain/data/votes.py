@@ -1,4 +1,4 @@
-"""Votes on the same reply are pooled, and the pooled votes give the reply one label.
+"""Step 4, filter: votes on the same reply are pooled, and the pooled votes give the reply one label.
 
 Rules (documented in docs/data.md):
 - one reply = the same response text to the same conversation prefix (compared as the
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from posttrain.data.quality import conversation_key, text_key
+from posttrain.data.filters import conversation_key, text_key
 from posttrain.data.units import Messages, Vote
 
 

@@ -1,4 +1,4 @@
-"""Units -> unpaired KTO examples (prompt, completion, label) and class-balance weights.
+"""Step 5, examples: units -> unpaired KTO examples (prompt, completion, label) and class-balance weights.
 
 - a reply whose pooled votes lean up is desirable, down undesirable; conflicting votes
   and unvoted replies drop (`conflicting_votes`, `no_vote`); ranks alone are not binary
@@ -16,9 +16,9 @@ import math
 from collections import defaultdict
 
 from posttrain.data.accounting import DataAccounting
+from posttrain.data.filters import conversation_key
 from posttrain.data.options import DataOptions
-from posttrain.data.quality import conversation_key
-from posttrain.data.rows import RowError
+from posttrain.data.sources import RowError
 from posttrain.data.units import Demo, Messages, Pair, Rated, Unit, Vote, assistant
 from posttrain.data.votes import pool_votes
 

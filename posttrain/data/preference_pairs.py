@@ -1,4 +1,4 @@
-"""Units -> preference pairs, from four sources of preference, each row accounted for.
+"""Step 5, examples: units -> preference pairs, from four sources of preference, each row accounted for.
 
 - explicit pairs (preference rows, Anthropic HH): used as given, never capped;
 - votes: every (liked, disliked) pair of replies to the same conversation prefix;
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from posttrain.data.accounting import DataAccounting
+from posttrain.data.filters import conversation_key
 from posttrain.data.options import DataOptions
-from posttrain.data.quality import conversation_key
-from posttrain.data.rows import RowError
+from posttrain.data.sources import RowError
 from posttrain.data.units import Demo, Messages, Pair, Rated, Unit, Vote, assistant
 from posttrain.data.votes import Response, pool_votes
 

@@ -1,4 +1,4 @@
-"""Units -> SFT examples: demonstrations, liked or best-ranked replies, chosen sides, best-scored completions.
+"""Step 5, examples: units -> SFT examples: demonstrations, liked or best-ranked replies, chosen sides, best-scored completions.
 
 Which reply of a feedback row is a demonstration:
 - a reply whose pooled votes lean up;
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import Counter
 
 from posttrain.data.accounting import DataAccounting
+from posttrain.data.filters import conversation_key
 from posttrain.data.options import DataOptions
-from posttrain.data.quality import conversation_key
 from posttrain.data.units import Demo, Messages, Pair, Rated, Unit, Vote, assistant
 from posttrain.data.votes import Response, pool_votes
 
