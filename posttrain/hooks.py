@@ -9,7 +9,7 @@ A package registers a factory in the `posttrain.hooks` entry-point group:
 either or both of these methods (or None, to stay out of this run):
 
     trainer_callbacks(stage_name, trainer) -> list[transformers.TrainerCallback]
-        For every stage trained by a transformers/TRL Trainer (sft, dpo, orpo, kto,
+        For every stage trained by a transformers/TRL Trainer (today sft, dpo, orpo, kto,
         reward_model, rloo, grpo): called once the trainer is built, before training
         starts or resumes; the callbacks are added to that trainer, ahead of posttrain's
         own Ctrl-C/SIGTERM handling (a stop requested by a hook is honoured in the same step).

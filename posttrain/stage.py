@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from posttrain.data.options import DataOptions
+
 if TYPE_CHECKING:
     from posttrain.data.accounting import DataAccounting
     from posttrain.model_store import ModelRef, ModelStore
@@ -92,28 +94,12 @@ class LoraSettings(BaseModel):
     load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base weights in 4-bit NF4 (bitsandbytes).")
 
 
-class DataSettings(BaseModel):
-    """How a stage's data is read and filtered (docs/data.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: str | None = Field(None, description="Force a data format instead of detecting it (e.g. thumbs, pairs, oasst).")
-    on_error: Literal["fail", "skip"] = Field("fail", description="A bad row stops the run, or is skipped and counted with its reason.")
-    dedupe: Literal["exact", "normalized", "none"] = "exact"
-    max_tokens: int | None = Field(None, gt=0, description="Drop examples longer than this (prompt + reply, approximate tokens).")
-    split: Literal["train", "test"] | None = Field(None, description="Use one side of a deterministic split by prompt.")
-    test_share: float = Field(0.1, gt=0, lt=1)
-    seed: int = 0
-    both_votes: Literal["majority", "drop"] = Field("majority", description="A reply with up and down votes: the net vote decides, or it is dropped.")
-    ties: Literal["skip", "fail"] = Field("skip", description="Equal ranks or scores: no pair, or an error naming the row.")
-
-
 class TrainStageConfig(StageConfig):
     """Fields every training stage accepts (the common subset of TRL's trainer configs)."""
 
     from_: str | None = Field(None, alias="from", description="Parent: 'base' or an earlier training stage. Default: the previous training stage.")
     data: str = Field(description="A data file (JSONL/JSON) or a built-in source such as builtin:assistant_world/sft.")
-    data_options: DataSettings = Field(default_factory=DataSettings)
+    data_options: DataOptions = Field(default_factory=DataOptions)
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights.")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
@@ -222,7 +208,6 @@ class PreferenceStage(TrainingStage):
 
     @classmethod
     def prepare_data(cls, config: PreferenceStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
-        from posttrain.data.stage_data import preference_data
+        from posttrain.data.training_data import preference_data
 
-        pairs, accounting = preference_data(config)
-        return PreparedData(pairs, accounting)
+        return preference_data(config, data_files)

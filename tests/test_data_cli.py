@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import REPO, run_cli
 
-from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_sft_examples
 from posttrain.data.sources import load_rows
+from posttrain.data.training_data import to_kto_examples, to_preference_pairs, to_sft_examples
 
 OASST = REPO.parent / "shared" / "data" / "oasst_en_100_tree.jsonl"
 

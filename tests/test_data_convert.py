@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.data.convert import to_preference_pairs, to_sft_examples
 from posttrain.data.sources import load_rows
+from posttrain.data.training_data import to_preference_pairs, to_sft_examples
 from posttrain.errors import DataError
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_sft_examples
 from posttrain.data.sources import load_rows
+from posttrain.data.training_data import to_kto_examples, to_preference_pairs, to_sft_examples
 from posttrain.errors import DataError
 
 

@@ -15,8 +15,8 @@ from itertools import combinations
 
 import pytest
 
-from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_sft_examples
 from posttrain.data.sources import load_rows
+from posttrain.data.training_data import to_kto_examples, to_preference_pairs, to_sft_examples
 from conftest import REPO
 
 OASST = REPO.parent / "shared" / "data" / "oasst_en_100_tree.jsonl"

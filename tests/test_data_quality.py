@@ -8,9 +8,9 @@ import random
 import pytest
 
 from posttrain.data.accounting import DataAccounting
-from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_sft_examples
+from posttrain.data.kto_examples import class_weights
 from posttrain.data.sources import check_source, load_rows
-from posttrain.data.to_kto import class_weights
+from posttrain.data.training_data import to_kto_examples, to_preference_pairs, to_sft_examples
 from posttrain.data.writers import write_examples
 from posttrain.errors import DataError
 

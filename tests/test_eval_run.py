@@ -59,7 +59,9 @@ def run(tmp_path_factory):
 
 
 def _results(out):
-    return json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 2
+    return results
 
 
 def test_passing_gates_make_a_releasable_build(run):
@@ -102,7 +104,7 @@ def _markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _formatted(value, stderr):
-    from posttrain.eval.summary import format_value
+    from posttrain.reporting.summary import format_value
 
     return format_value(value, stderr)
 

@@ -1,4 +1,5 @@
-"""Stage kinds from other packages register through the `posttrain.stages` entry-point group."""
+"""Other packages extend posttrain through entry points: stage kinds (`posttrain.stages`)
+and hooks (`posttrain.hooks`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import textwrap
 
 import pytest
 
-from conftest import run_cli
-from posttrain.errors import RecipeError
+from conftest import run_cli, run_cli_process
+from posttrain import hooks
+from posttrain.errors import PosttrainError, RecipeError
 from posttrain.stage_registry import register_stage, stage_kinds
 from posttrain.stage import Stage
 
@@ -41,13 +43,13 @@ def test_stage_from_another_package_runs_in_a_recipe(tmp_path, write_recipe):
     site.mkdir()
     _install_fake_distribution(site, "echo")
     recipe = write_recipe({"name": "plug", "base": "builtin:tiny-chat", "stages": {"hello": {"kind": "echo", "message": "hi there"}}})
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": str(site)}  # installed for a new process: entry points are read once per process
 
-    bad = run_cli("validate", str(recipe), "--set", "stages.hello.mesage=x", env=env)
+    bad = run_cli_process("validate", str(recipe), "--set", "stages.hello.mesage=x", env=env)
     assert bad.returncode == 2 and "did you mean 'message'" in bad.stderr  # its own schema is enforced
 
     out = tmp_path / "run"
-    result = run_cli("run", str(recipe), "--output", str(out), "--quiet", env=env)
+    result = run_cli_process("run", str(recipe), "--output", str(out), "--quiet", env=env)
     assert result.returncode == 0, result.stderr
     assert (out / "hello" / "echo.txt").read_text() == "hi there"
     manifest = json.loads((out / "hello" / "stage.json").read_text())
@@ -64,3 +66,77 @@ def test_duplicate_kind_is_an_error():
 
     with pytest.raises(RecipeError, match="registered twice"):
         register_stage(AnotherSFT)
+
+
+class _EntryPoint:
+    """What importlib.metadata.entry_points() yields, for a factory defined here."""
+
+    def __init__(self, name, factory):
+        self.name, self.value, self._factory = name, f"tests:{name}", factory
+
+    def load(self):
+        return self._factory
+
+
+@pytest.fixture
+def installed_hooks(monkeypatch):
+    """Replace the installed `posttrain.hooks` entry points with the given factories."""
+    def install(**factories):
+        monkeypatch.setattr(hooks, "entry_points", lambda group: [_EntryPoint(n, f) for n, f in factories.items()] if group == hooks.ENTRY_POINT_GROUP else [])
+        hooks.installed.cache_clear()
+
+    yield install
+    hooks.installed.cache_clear()
+
+
+class _Trainer:
+    def __init__(self):
+        self.callbacks = []
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+
+
+def test_no_hooks_installed_changes_nothing():
+    hooks.installed.cache_clear()
+    assert hooks.installed() == ()  # this environment installs none
+    trainer = _Trainer()
+    hooks.install(trainer, "sft")
+    hooks.after_step("ppo", 1)
+    assert trainer.callbacks == []
+
+
+def test_hooks_are_made_once_and_called_per_stage(installed_hooks):
+    calls, made = [], []
+
+    class Recorder:
+        def trainer_callbacks(self, stage, trainer):
+            calls.append(("callbacks", stage))
+            return [f"callback for {stage}"] if stage == "sft" else []
+
+        def after_step(self, stage, step):
+            calls.append(("after_step", stage, step))
+
+    class OnlySteps:
+        def after_step(self, stage, step):
+            calls.append(("only_steps", stage, step))
+
+    def recorder():
+        made.append("recorder")
+        return Recorder()
+
+    installed_hooks(recorder=recorder, steps=OnlySteps, inactive=lambda: None)  # None: stays out of this run
+    sft, dpo = _Trainer(), _Trainer()
+    hooks.install(sft, "sft")
+    hooks.install(dpo, "dpo")
+    hooks.after_step("ppo", 3)
+    assert sft.callbacks == ["callback for sft"] and dpo.callbacks == []
+    assert calls == [("callbacks", "sft"), ("callbacks", "dpo"), ("after_step", "ppo", 3), ("only_steps", "ppo", 3)]
+    assert made == ["recorder"]  # one factory call per process
+
+
+def test_a_hook_without_hook_methods_is_an_error(installed_hooks):
+    installed_hooks(useless=object)
+    with pytest.raises(PosttrainError, match="entry point 'useless = tests:useless' in group posttrain.hooks returned object, "
+                                              "which has none of the hook methods trainer_callbacks, after_step"):
+        hooks.install(_Trainer(), "sft")

@@ -35,14 +35,16 @@ BothVotesOpt = Annotated[str, typer.Option("--both-votes", help="A reply with up
 TiesOpt = Annotated[str, typer.Option("--ties", help="Equal ranks or scores: skip (no pair) or fail.")]
 
 
-def _options(format, on_error, dedupe, max_tokens, tokenizer, both_votes, ties, **more) -> dict:
-    options = {"format": format, "on_error": on_error, "dedupe": dedupe, "max_tokens": max_tokens,
-               "both_votes": both_votes, "ties": ties, **more}
-    if tokenizer:
-        from transformers import AutoTokenizer
+def _options(format, on_error, dedupe, max_tokens, both_votes, ties, **more) -> dict:
+    return {"format": format, "on_error": on_error, "dedupe": dedupe, "max_tokens": max_tokens, "both_votes": both_votes, "ties": ties, **more}
 
-        options["tokenizer"] = AutoTokenizer.from_pretrained(tokenizer)
-    return options
+
+def _tokenizer(name: str | None):
+    if not name:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
 
 
 @app.command("inspect")
@@ -62,8 +64,8 @@ def inspect_command(
     """Detected format, counts, length, vote and rank statistics, and what each conversion makes of the data."""
     from posttrain.data.inspection import inspect_source
 
-    options = _options(format, on_error, dedupe, max_tokens, tokenizer, both_votes, ties)
-    report = inspect_source(source, max_pairs_per_prompt=max_pairs_per_prompt, examples=examples, **options)
+    options = _options(format, on_error, dedupe, max_tokens, both_votes, ties)
+    report = inspect_source(source, max_pairs_per_prompt=max_pairs_per_prompt, examples=examples, tokenizer=_tokenizer(tokenizer), **options)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return
@@ -171,19 +173,20 @@ def convert_command(
     """Write SFT examples, preference pairs or KTO examples; each output works directly as a stage's data:."""
     if to not in TARGETS:
         raise DataError(f"--to is '{to}'; use one of: {', '.join(TARGETS)}")
-    from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_sft_examples
     from posttrain.data.sources import load_rows
+    from posttrain.data.training_data import to_kto_examples, to_preference_pairs, to_sft_examples
     from posttrain.data.writers import write_examples
 
-    options = _options(format, on_error, dedupe, max_tokens, tokenizer, both_votes, ties, split=split, test_share=test_share, seed=seed)
+    options = _options(format, on_error, dedupe, max_tokens, both_votes, ties, split=split, test_share=test_share, seed=seed)
+    counter = _tokenizer(tokenizer)
     rows = load_rows(source, on_error)
     weights = None
     if to == "sft":
-        examples, acct = to_sft_examples(rows, source, **options)
+        examples, acct = to_sft_examples(rows, source, counter, **options)
     elif to == "pairs":
-        examples, acct = to_preference_pairs(rows, source, max_pairs_per_prompt, **options)
+        examples, acct = to_preference_pairs(rows, source, max_pairs_per_prompt, counter, **options)
     else:
-        examples, acct, weights = to_kto_examples(rows, source, **options)
+        examples, acct, weights = to_kto_examples(rows, source, counter, **options)
     if max_drop_share is not None:
         acct.fail_if_too_many_dropped(max_drop_share)
     write_examples(output, examples)

@@ -8,27 +8,27 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 
-from posttrain.data.convert import to_kto_examples, to_preference_pairs, to_sft_examples
-from posttrain.data.options import make_options
-from posttrain.data.parse import parse_rows
-from posttrain.data.quality import TokenCounter, conversation_key, split_key
+from posttrain.data.conversations import Conversations, conversation_units
+from posttrain.data.filters import TokenCounter, conversation_key, split_key
+from posttrain.data.options import DataOptions
 from posttrain.data.sources import load_rows
+from posttrain.data.training_data import to_kto_examples, to_preference_pairs, to_sft_examples
 from posttrain.data.units import Rated, Unit, Vote
 from posttrain.data.votes import vote_label
 from posttrain.errors import DataError
 
 
-def inspect_source(source: str, max_pairs_per_prompt: int = 8, examples: int = 1, **options) -> dict:
-    opts = make_options(options)
+def inspect_source(source: str, max_pairs_per_prompt: int = 8, examples: int = 1, tokenizer=None, **options) -> dict:
+    opts = DataOptions.from_keywords(options)
     rows = load_rows(source, opts.on_error)
-    parsed = parse_rows(rows, source, opts.format, opts.on_error)
-    units = parsed.units
-    count = TokenCounter(opts.tokenizer)
+    found = conversation_units(rows, source, opts)
+    units = found.units
+    count = TokenCounter(tokenizer)
     report = {
         "source": source,
-        "formats": dict(parsed.formats),
-        "counts": _counts(rows, parsed, units),
-        "lengths": _lengths(units, count, "tokens" if opts.tokenizer else "tokens (approx.)"),
+        "formats": dict(found.formats),
+        "counts": _counts(rows, found),
+        "lengths": _lengths(units, count, "tokens" if tokenizer else "tokens (approx.)"),
     }
     votes = [u for u in units if isinstance(u, Vote)]
     if any(v.up or v.down for v in votes):
@@ -38,23 +38,24 @@ def inspect_source(source: str, max_pairs_per_prompt: int = 8, examples: int = 1
     rated = [u for u in units if isinstance(u, Rated)]
     if rated:
         report["scores"] = _score_stats(rated)
-    report["conversions"], report["examples"] = _conversions(rows, source, max_pairs_per_prompt, examples, options)
+    report["conversions"], report["examples"] = _conversions(rows, source, max_pairs_per_prompt, examples, tokenizer, options)
     return report
 
 
-def _counts(rows, parsed, units: list[Unit]) -> dict:
+def _counts(rows, found: Conversations) -> dict:
+    units = found.units
     prompts = {conversation_key(u.prompt) for u in units}
     turns = [len(u.prompt) for u in units]
     out = {
         "records read": len(rows) + len(getattr(rows, "skipped", [])),
-        "rows (accounting units)": len(units) + len(parsed.dropped),
-        "rows unusable before conversion": ", ".join(f"{r} {n}" for r, n in Counter(d.reason for d in parsed.dropped).most_common()) or "none",
+        "rows (accounting units)": len(units) + len(found.dropped),
+        "rows unusable before conversion": ", ".join(f"{r} {n}" for r, n in Counter(d.reason for d in found.dropped).most_common()) or "none",
         "distinct prompts": len(prompts),
         "conversations (distinct opening turns)": len({split_key(u.prompt) for u in units}),
         "multi-turn prompts": sum(1 for p in {conversation_key(u.prompt): u.prompt for u in units}.values() if len(p) > 1),
         "max prompt turns": max(turns, default=0),
     }
-    if "oasst" in parsed.formats:
+    if "oasst" in found.formats:
         out["rows (accounting units)"] = f"{out['rows (accounting units)']} (one per assistant reply)"
     return out
 
@@ -122,12 +123,12 @@ def _score_stats(rated: list[Rated]) -> dict:
     }
 
 
-def _conversions(rows, source: str, max_pairs_per_prompt: int, examples: int, options: dict) -> tuple[dict, dict]:
+def _conversions(rows, source: str, max_pairs_per_prompt: int, examples: int, tokenizer, options: dict) -> tuple[dict, dict]:
     results, samples = {}, {}
     runs = {
-        "sft": lambda: to_sft_examples(rows, source, **options),
-        "pairs": lambda: to_preference_pairs(rows, source, max_pairs_per_prompt, **options),
-        "kto": lambda: to_kto_examples(rows, source, **options),
+        "sft": lambda: to_sft_examples(rows, source, tokenizer, **options),
+        "pairs": lambda: to_preference_pairs(rows, source, max_pairs_per_prompt, tokenizer, **options),
+        "kto": lambda: to_kto_examples(rows, source, tokenizer, **options),
     }
     for name, run in runs.items():
         try:

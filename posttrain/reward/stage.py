@@ -10,28 +10,15 @@ can refuse a reward model below their `min_reward_accuracy`.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from pydantic import Field
 
+from posttrain.data.filters import split_by_conversation
 from posttrain.stage import PreferenceStage, PreferenceStageConfig, Role, StageContext, StageResult
 
 
 class RewardModelStageConfig(PreferenceStageConfig):
     held_out_share: float = Field(0.2, gt=0, lt=1, description="Share of prompts held out for evaluation (split by prompt).")
     center_rewards_coefficient: float | None = Field(None, ge=0, description="Pull rewards towards zero mean (TRL).")
-
-
-def split_by_prompt(pairs: list[dict], held_out_share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Deterministic split where all pairs of one prompt land on the same side."""
-    def bucket(pair) -> float:
-        digest = hashlib.sha256(f"{seed}|{json.dumps(pair['prompt'], sort_keys=True)}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    train = [p for p in pairs if bucket(p) >= held_out_share]
-    held_out = [p for p in pairs if bucket(p) < held_out_share]
-    return train, held_out
 
 
 class RewardModelStage(PreferenceStage):
@@ -51,7 +38,7 @@ class RewardModelStage(PreferenceStage):
 
         config: RewardModelStageConfig = ctx.config
         pairs, accounting = ctx.data.examples, ctx.data.accounting
-        train_pairs, held_out = split_by_prompt(pairs, config.held_out_share, ctx.seed)
+        train_pairs, held_out = split_by_conversation(pairs, config.held_out_share, ctx.seed)
         if not train_pairs or not held_out:
             raise DataError(f"{config.data}: {len(pairs)} pairs are too few to split into train and held-out by prompt (held_out_share={config.held_out_share})")
 

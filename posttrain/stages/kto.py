@@ -27,10 +27,9 @@ class KTOStage(TrainingStage):
 
     @classmethod
     def prepare_data(cls, config: KTOStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
-        from posttrain.data.stage_data import kto_data
+        from posttrain.data.training_data import kto_data
 
-        examples, accounting, balance = kto_data(config)
-        return PreparedData(examples, accounting, {"weights": balance})
+        return kto_data(config, data_files)
 
     def run(self, ctx: StageContext) -> StageResult:
         from datasets import Dataset

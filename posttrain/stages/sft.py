@@ -22,10 +22,9 @@ class SFTStage(TrainingStage):
 
     @classmethod
     def prepare_data(cls, config: SFTStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
-        from posttrain.data.stage_data import sft_data
+        from posttrain.data.training_data import sft_data
 
-        examples, accounting = sft_data(config)
-        return PreparedData(examples, accounting)
+        return sft_data(config, data_files)
 
     def run(self, ctx: StageContext) -> StageResult:
         # Training libraries load here, not at import: `validate` and `plan` stay fast.

@@ -1,0 +1,139 @@
+"""What each stage trains on: the whole data path, once per target, end to end.
+
+  read (sources) -> shape (formats) -> units (conversations) -> filter (filters) -> examples
+
+Two ways in:
+- from rows, for library callers and `posttrain data`: `to_sft_examples`, `to_preference_pairs`,
+  `to_kto_examples`, `to_prompts` take the rows of `load_rows(source)` (or plain dicts) and
+  the `DataOptions` fields as keywords, plus the runtime `tokenizer` that counts tokens
+  (default: approximate);
+- from a stage's config, for `Stage.prepare_data`: `sft_data`, `preference_data`, `kto_data`,
+  `prompt_data` read the stage's `data` (a `stage:<name>` source through the run's
+  `data_files`), apply its `data_options` and `max_drop_share`, and return `PreparedData`.
+
+Each returns its examples and a `DataAccounting` in which rows_read == rows_used + sum(dropped
+by reason). Prompts stay message lists, so multi-turn conversations are rendered by the
+model's own chat template inside the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.data.accounting import DataAccounting
+from posttrain.data.conversations import conversation_units
+from posttrain.data.filters import conversation_key, filtered_units
+from posttrain.data.kto_examples import build_kto, class_weights
+from posttrain.data.options import DataOptions
+from posttrain.data.preference_pairs import build_pairs
+from posttrain.data.sft_examples import build_sft
+from posttrain.data.sources import load_rows
+from posttrain.data.units import Unit
+from posttrain.errors import DataError
+from posttrain.stage import PreparedData
+
+
+def _usable_units(rows: list[dict], source: str, options: dict, tokenizer) -> tuple[list[Unit], DataAccounting, DataOptions]:
+    opts = DataOptions.from_keywords(options)
+    found = conversation_units(rows, source, opts)
+    units, acct = filtered_units(found, source, opts, tokenizer)
+    return units, acct, opts
+
+
+# ---- from rows ---------------------------------------------------------------------------------
+
+
+def to_sft_examples(rows: list[dict], source: str, tokenizer=None, **options) -> tuple[list[dict], DataAccounting]:
+    """{"prompt": messages, "completion": [assistant message]} per demonstration."""
+    units, acct, opts = _usable_units(rows, source, options, tokenizer)
+    examples = build_sft(units, acct, opts)
+    acct.finish(examples)
+    if not examples:
+        raise DataError(f"{source}: no SFT examples after filtering ({acct.reasons()}); "
+                        f"SFT needs demonstrations, liked replies or best-ranked replies")
+    return examples, acct
+
+
+def to_preference_pairs(rows: list[dict], source: str, max_pairs_per_prompt: int = 8, tokenizer=None, **options) -> tuple[list[dict], DataAccounting]:
+    """{"prompt": messages, "chosen": [assistant message], "rejected": [...]} per pair."""
+    if max_pairs_per_prompt < 1:
+        raise DataError(f"max_pairs_per_prompt is {max_pairs_per_prompt}; use 1 or more")
+    units, acct, opts = _usable_units(rows, source, options, tokenizer)
+    pairs = build_pairs(units, acct, opts, max_pairs_per_prompt)
+    acct.finish(pairs)
+    if not pairs:
+        raise DataError(f"{source}: no preference pairs after filtering ({acct.reasons()}); "
+                        f"each prompt needs a liked and a disliked response (or ranked or scored responses)")
+    return pairs, acct
+
+
+def to_kto_examples(rows: list[dict], source: str, tokenizer=None, **options) -> tuple[list[dict], DataAccounting, dict[str, float]]:
+    """{"prompt": messages, "completion": [assistant message], "label": bool} per example, and
+    {"desirable_weight", "undesirable_weight"} that balance the two classes."""
+    units, acct, opts = _usable_units(rows, source, options, tokenizer)
+    examples = build_kto(units, acct, opts)
+    acct.finish(examples)
+    desirable = sum(1 for e in examples if e["label"])
+    undesirable = len(examples) - desirable
+    if not desirable or not undesirable:
+        raise DataError(f"{source}: KTO needs both desirable and undesirable examples; after filtering there are "
+                        f"{desirable} desirable and {undesirable} undesirable ({acct.reasons()})")
+    weights = class_weights(desirable, undesirable)
+    acct.details.update(desirable=desirable, undesirable=undesirable, **weights)
+    return examples, acct, weights
+
+
+def to_prompts(rows: list[dict], source: str, tokenizer=None, **options) -> tuple[list[dict], DataAccounting]:
+    """{"prompt": messages} per distinct prompt, for RL stages that generate their own replies.
+
+    Every row that passes the shared rules is used: its prompt is what an RL stage takes
+    from it, whatever its reply or vote, so many rows can share one prompt.
+    """
+    units, acct, _ = _usable_units(rows, source, options, tokenizer)
+    prompts = {conversation_key(u.prompt): u.prompt for u in units}
+    acct.use(len(units))
+    examples = [{"prompt": p} for p in prompts.values()]
+    acct.finish(examples)
+    if not examples:
+        raise DataError(f"{source}: no prompts after filtering ({acct.reasons()})")
+    return examples, acct
+
+
+# ---- from a stage's config (Stage.prepare_data) --------------------------------------------------
+
+
+def _stage_rows(config, data_files: dict[str, Path]) -> tuple[list[dict], dict]:
+    options = config.data_options.model_dump()
+    return load_rows(config.data, options["on_error"], data_files), options
+
+
+def sft_data(config, data_files: dict[str, Path]) -> PreparedData:
+    """An SFT stage's examples."""
+    rows, options = _stage_rows(config, data_files)
+    examples, accounting = to_sft_examples(rows, config.data, **options)
+    accounting.fail_if_too_many_dropped(config.max_drop_share)
+    return PreparedData(examples, accounting)
+
+
+def preference_data(config, data_files: dict[str, Path]) -> PreparedData:
+    """A preference stage's pairs (dpo, orpo, reward_model), capped at its `max_pairs_per_prompt`."""
+    rows, options = _stage_rows(config, data_files)
+    pairs, accounting = to_preference_pairs(rows, config.data, config.max_pairs_per_prompt, **options)
+    accounting.fail_if_too_many_dropped(config.max_drop_share)
+    return PreparedData(pairs, accounting)
+
+
+def kto_data(config, data_files: dict[str, Path]) -> PreparedData:
+    """A KTO stage's examples; extras["weights"]: {"desirable_weight", "undesirable_weight"} balancing the classes."""
+    rows, options = _stage_rows(config, data_files)
+    examples, accounting, weights = to_kto_examples(rows, config.data, **options)
+    accounting.fail_if_too_many_dropped(config.max_drop_share)
+    return PreparedData(examples, accounting, {"weights": weights})
+
+
+def prompt_data(config, data_files: dict[str, Path]) -> PreparedData:
+    """An RL stage's prompts (its policy generates the replies)."""
+    rows, options = _stage_rows(config, data_files)
+    prompts, accounting = to_prompts(rows, config.data, **options)
+    accounting.fail_if_too_many_dropped(config.max_drop_share)
+    return PreparedData(prompts, accounting)
