@@ -35,9 +35,9 @@ class CriticFreeStage(TrainingStage):
 
     @classmethod
     def prepare_data(cls, config: CriticFreeStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
-    
-        prompts, accounting = prompt_data(config)
-        return PreparedData(prompts, accounting)
+        from posttrain.data.training_data import prompt_data
+
+        return prompt_data(config, data_files)
 
     def run(self, ctx: StageContext) -> StageResult:
         import trl

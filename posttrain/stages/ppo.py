@@ -56,9 +56,9 @@ class PPOStage(TrainingStage):
 
     @classmethod
     def prepare_data(cls, config: PPOStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
+        from posttrain.data.training_data import prompt_data
 
-        prompts, accounting = prompt_data(config)
-        return PreparedData(prompts, accounting)
+        return prompt_data(config, data_files)
 
     def run(self, ctx: StageContext) -> StageResult:
         import torch
