@@ -158,6 +158,9 @@ class ModelStore:
     def _from_pretrained(self, auto_cls, source: str, **kwargs):
         if self.trust_remote_code:
             kwargs["trust_remote_code"] = True
+        if Path(source).is_dir():
+            # Absolute, so what records it (a LoRA adapter's base_model_name_or_path) works from any directory.
+            source = str(Path(source).resolve())
         try:
             # use_safetensors: never unpickle weights from a .bin file.
             extra = {"use_safetensors": True} if auto_cls.__name__.startswith("AutoModelFor") else {}

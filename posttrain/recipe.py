@@ -154,6 +154,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
             raise RecipeError(f"{path}: profiles.{profile}.stages: '{name}' is not a stage{did_you_mean(name, spec.stages)}; stages: {', '.join(spec.stages)}")
 
     stages = {name: _resolve_variant(path, spec, name, raw) for name, raw in spec.stages.items()}
+    _check_choices_used(path, spec)
     linker = _Linker(path, spec, profile, selected)
     for name in [s for s in spec.stages if s in selected]:  # recipe order, whatever the profile's order
         raw_stage, key = stages[name]
@@ -247,6 +248,15 @@ class _Linker:
             check_source(source)
         except PosttrainError as e:
             raise RecipeError(f"{self.path}: {key}: {e}") from None
+
+
+def _check_choices_used(path: Path, spec: RecipeSpec) -> None:
+    """A choice no stage chooses by is a typo or a leftover: it would silently change nothing."""
+    chosen = {raw["choose"] for raw in spec.stages.values() if isinstance(raw, dict) and "choose" in raw}
+    for choice in spec.choices:
+        if choice not in chosen:
+            where = f"stages choose by: {', '.join(sorted(chosen))}" if chosen else "no stage has `choose:`"
+            raise RecipeError(f"{path}: choices.{choice}: no stage chooses by '{choice}'{did_you_mean(choice, chosen)}; {where}")
 
 
 def _resolve_variant(path: Path, spec: RecipeSpec, name: str, raw: dict) -> tuple[dict, str]:

@@ -87,6 +87,7 @@ class StageSummary(_Record):
     def from_manifest(cls, manifest: dict, role: Role | str | None, cached: bool | None = None) -> StageSummary:
         """The summary of a stage's `stage.json` (or the manifest the pipeline just wrote)."""
         fields = {k: manifest.get(k) for k in ("kind", "status", "fingerprint", "parent", "wall_time_s", "memory", "data", "metrics", "curves")}
+        fields = json.loads(json.dumps(fields, default=str))  # as stage.json holds them (e.g. a numpy number in a metric)
         return cls.model_validate({**fields, "role": role, "cached": bool(manifest.get("cached") if cached is None else cached)})
 
 
@@ -344,10 +345,11 @@ class RunResults(_Record):
         if not isinstance(data, dict):
             raise PosttrainError(f"{source}: not a results object (a JSON object with recipe, stages and evaluation)")
         version = data.get("schema_version", 1)
-        if version == 1 and "schema_version" not in data:
+        known = isinstance(version, int) and not isinstance(version, bool)
+        if known and version == 1:
             data = upgrade_v1(data)
-        elif version != SCHEMA_VERSION:
-            if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        elif not known or version != SCHEMA_VERSION:
+            if known and version > SCHEMA_VERSION:
                 raise PosttrainError(f"{source}: results schema_version {version} is newer than this posttrain understands "
                                      f"({SCHEMA_VERSION}); upgrade posttrain")
             raise PosttrainError(f"{source}: results schema_version {version!r} is not one this posttrain reads (1 or {SCHEMA_VERSION})")

@@ -17,7 +17,7 @@ from conftest import REPO, run_cli
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("chat") / "run"
-    result = run_cli("run", "recipes/chat.yaml", "--output", str(out), "--quiet", env={"COLUMNS": "250"}, timeout=2400)
+    result = run_cli("run", "recipes/chat.yaml", "--output", str(out), "--quiet", env={"COLUMNS": "250"})
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 

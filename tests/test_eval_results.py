@@ -128,10 +128,15 @@ def test_version_2_round_trips_through_json():
     assert json.loads(results.to_json())["evaluation"]["models"]["sft"]["world_skills"]["exact_match_stderr"] == 0.5
 
 
+def test_an_explicit_version_1_is_converted_too():
+    assert RunResults.from_dict({**_v1_results(), "schema_version": 1}) == RunResults.from_dict(_v1_results())
+
+
 @pytest.mark.parametrize("version, message", [
     (3, "results schema_version 3 is newer than this posttrain understands (2); upgrade posttrain"),
     (0, "results schema_version 0 is not one this posttrain reads (1 or 2)"),
     ("2", "results schema_version '2' is not one this posttrain reads (1 or 2)"),
+    (True, "results schema_version True is not one this posttrain reads (1 or 2)"),
 ])
 def test_other_versions_are_refused_with_one_line(tmp_path, version, message):
     path = tmp_path / "results.json"
@@ -295,5 +300,10 @@ def test_stage_summaries_from_manifests():
                 "evaluation": copy.deepcopy(_v1_results()["evaluation"]), "cached": True}
     summary = StageSummary.from_manifest(manifest, Role.EVALUATION)
     assert summary.cached and summary.role is Role.EVALUATION and summary.metrics == {} and summary.curves == {}
+    import numpy as np
+
+    trained = StageSummary.from_manifest({**manifest, "kind": "sft", "metrics": {"train_loss": np.float32(0.5), "reference": "sft"}}, Role.POLICY)
+    assert trained.metrics == {"train_loss": "0.5", "reference": "sft"}  # as stage.json holds it: results.json always writes
+    assert json.loads(RunResults(recipe="r", stages={"sft": trained}).to_json())["stages"]["sft"]["role"] == "policy"
     # An evaluation read back from an older stage.json is converted like a version-1 results.json's.
     assert Evaluation.model_validate(manifest["evaluation"]).judge == "rm"

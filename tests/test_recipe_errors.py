@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import quick_dpo, quick_sft, run_cli, tiny_recipe
+from conftest import REPO, quick_dpo, quick_sft, run_cli, tiny_recipe
 
 
 def _one_line_error(result) -> str:
@@ -98,3 +98,15 @@ def test_bad_data_row_fails_before_training_or_is_skipped_and_counted(write_reci
     accounting = json.loads((out / "sft" / "stage.json").read_text())["data"]
     assert accounting["rows_used"] == 2 and sum(accounting["dropped"].values()) == 1
     assert accounting["rows_read"] == 3
+
+
+def test_a_choice_no_stage_chooses_by_is_an_error(write_recipe):
+    from posttrain.recipe import load_recipe
+    from posttrain.errors import RecipeError
+
+    chat = REPO / "recipes" / "chat.yaml"
+    with pytest.raises(RecipeError, match=r"choices\.alignmnt: no stage chooses by 'alignmnt' \(did you mean 'alignment'\?\)"):
+        load_recipe(chat, ["choices.alignmnt=orpo"])
+    plain = write_recipe(tiny_recipe(sft=quick_sft()) | {"choices": {"alignment": "dpo"}})
+    with pytest.raises(RecipeError, match=r"choices\.alignment: no stage chooses by 'alignment'; no stage has `choose:`"):
+        load_recipe(plain)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from peft import PeftModel
@@ -15,9 +18,9 @@ from posttrain.stages.dpo import DPOStage
 LORA = {"r": 8, "alpha": 16}
 
 
-def _run_sft_then_build_dpo(write_recipe, tmp_path, sft_overrides: dict, dpo_overrides: dict):
+def _run_sft_then_build_dpo(write_recipe, tmp_path, sft_overrides: dict, dpo_overrides: dict, run_dir: Path | None = None):
     """Run the SFT stage for real, then build (not train) the DPO stage's trainer on its output."""
-    run_dir = tmp_path / "run"
+    run_dir = run_dir or tmp_path / "run"
     sft_only = load_recipe(write_recipe(tiny_recipe(sft=quick_sft(**sft_overrides)), "sft.yaml"))
     Pipeline(sft_only, run_dir).run()
     recipe = load_recipe(write_recipe(tiny_recipe(sft=quick_sft(**sft_overrides), align=quick_dpo(**dpo_overrides)), "both.yaml"))
@@ -46,14 +49,25 @@ def test_reference_equals_full_sft_parent(write_recipe, tmp_path):
     assert not torch.allclose(reference, _logits(registry.load_model("base"), ids), atol=1e-3)
 
 
-def test_reference_equals_lora_sft_parent_with_its_adapter(write_recipe, tmp_path):
-    trainer, registry, run_dir = _run_sft_then_build_dpo(write_recipe, tmp_path, {"lora": LORA}, {})
+def test_reference_equals_lora_sft_parent_with_its_adapter(write_recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative run directory, as `runs/<name>` is
+    trainer, registry, run_dir = _run_sft_then_build_dpo(write_recipe, tmp_path, {"lora": LORA}, {}, run_dir=Path("run"))
     ids = _sample_ids(registry)
     # The SFT model as the user would rebuild it: base weights plus the saved adapter.
     sft_with_adapter = PeftModel.from_pretrained(registry.load_model("base"), run_dir / "sft" / "adapter")
     reference = _logits(trainer.ref_model, ids)
     assert torch.allclose(reference, _logits(sft_with_adapter, ids), atol=1e-5)
     assert not torch.allclose(reference, _logits(registry.load_model("base"), ids), atol=1e-3)
+
+    # The adapter names its base by an absolute path: peft's Auto class loads it from any directory.
+    from peft import AutoPeftModelForCausalLM
+
+    base_path = Path(json.loads((run_dir / "sft" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"])
+    assert base_path.is_absolute() and base_path.is_dir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert torch.allclose(_logits(AutoPeftModelForCausalLM.from_pretrained(tmp_path / "run" / "sft" / "adapter"), ids), reference, atol=1e-5)
 
 
 def test_lora_dpo_reference_is_the_parent_with_adapter_disabled(write_recipe, tmp_path):
