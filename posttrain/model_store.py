@@ -66,11 +66,12 @@ def directory_fingerprint(directory: Path) -> str:
 
 
 class ModelStore:
-    def __init__(self, run_dir: Path, base: str, trust_remote_code: bool = False, seed: int = 0):
+    def __init__(self, run_dir: Path, base: str, trust_remote_code: bool = False, seed: int = 0, chat_template: str | None = None):
         self.layout = RunLayout(Path(run_dir))
         self.base = base
         self.trust_remote_code = trust_remote_code
         self.seed = seed
+        self.chat_template = chat_template  # Jinja text applied to the base's tokenizer (None: keep the model's)
         self._stages: dict[str, tuple[Role, str]] = {}  # this run's model stages: name -> (role, fingerprint)
 
     @property
@@ -79,7 +80,8 @@ class ModelStore:
 
     @property
     def base_fingerprint(self) -> str:
-        return hashlib.sha256(f"{self.base}|seed={self.seed}".encode()).hexdigest()[:16]
+        identity = f"{self.base}|seed={self.seed}" + (f"|template={self.chat_template}" if self.chat_template is not None else "")
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     def register_stage(self, name: str, role: Role, fingerprint: str) -> None:
         """The pipeline announces each planned model stage, so its name resolves with role and fingerprint."""
@@ -112,12 +114,26 @@ class ModelStore:
 
     # -- loading --------------------------------------------------------------
     def load_tokenizer(self, name: str | ModelRef) -> PreTrainedTokenizerBase:
-        source = self._source(self.resolve(name))
+        ref = self.resolve(name)
+        source = self._source(ref)
         if source.startswith(BUILTIN_PREFIX):
             from posttrain.embedded.model import load_embedded_tokenizer
 
-            return load_embedded_tokenizer()
-        return self._from_pretrained(AutoTokenizer, source)
+            tokenizer = load_embedded_tokenizer()
+        else:
+            tokenizer = self._from_pretrained(AutoTokenizer, source)
+        if ref.name == BASE and self.chat_template is not None:
+            # Applied once, here; every stage saves the tokenizer it was given, so it travels on.
+            tokenizer.chat_template = self.chat_template
+        return tokenizer
+
+    def check_base_chat_template(self) -> None:
+        """Fail with one line, before anything trains, when the base has no chat template."""
+        if not self.load_tokenizer(BASE).chat_template:
+            from posttrain.chat_templates import BUILTIN_TEMPLATES
+
+            raise PosttrainError(f"base '{self.base}' has no chat template; set chat_template: in the recipe to one of "
+                                 f"{', '.join(BUILTIN_TEMPLATES)} or a .jinja file (docs/recipes.md)")
 
     def load_model(self, name: str | ModelRef, dtype: torch.dtype = torch.float32, head: str = "causal", quantize: str | None = None) -> PreTrainedModel:
         """A model by registry name. head="reward" puts a fresh one-output score head on the

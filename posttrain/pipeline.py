@@ -112,7 +112,13 @@ class Pipeline:
         if unknown:
             raise PosttrainError(f"--force {unknown[0]}: no such stage in this plan; stages: {', '.join(s.name for s in recipe.stages)}")
         self.force = set(force)
-        self.store = ModelStore(self.run_dir, recipe.spec.base, recipe.spec.trust_remote_code, recipe.spec.seed)
+        spec = recipe.spec
+        template = None
+        if spec.chat_template is not None:
+            from posttrain.chat_templates import template_text
+
+            template = template_text(spec.chat_template)
+        self.store = ModelStore(self.run_dir, spec.base, spec.trust_remote_code, spec.seed, chat_template=template)
         self.layout = self.store.layout
 
     # -- planning -------------------------------------------------------------
@@ -193,6 +199,8 @@ class Pipeline:
             if self.recipe.spec.trust_remote_code:
                 self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
             plans = self.plan()
+            if not all(p.cached for p in plans):
+                self.store.check_base_chat_template()
             # Data is prepared once per stage. Every data problem surfaces before the first step of
             # training, except in data that an earlier stage of this run writes: that is prepared
             # when it exists, just before its reader runs.

@@ -36,6 +36,7 @@ class RecipeSpec(BaseModel):
     base: str = Field(description="Starting model: builtin:<name>, a local directory, or a hub id.")
     seed: int = 0
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust the repository.")
+    chat_template: str | None = Field(None, description="Chat template for the base model: unset keeps the model's; chatml, llama3, mistral, or a .jinja file.")
     templates: dict[str, dict] = Field(default_factory=dict, description="YAML anchors shared by stages via merge keys (<<: *name); not read otherwise.")
     choices: dict[str, str] = Field(default_factory=dict, description="Named choices that pick stage variants, e.g. alignment: dpo.")
     default_profile: str | None = None
@@ -145,6 +146,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
     except ValidationError as e:
         raise RecipeError(_describe_validation_error(str(path), "", e, RecipeSpec)) from None
 
+    _check_chat_template(path, spec)
     profile = profile or spec.default_profile
     if profile is not None and profile not in spec.profiles:
         raise RecipeError(f"{path}: profile '{profile}' is not defined{did_you_mean(profile, spec.profiles)}; profiles: {', '.join(spec.profiles) or '(none)'}")
@@ -248,6 +250,21 @@ class _Linker:
             check_source(source)
         except PosttrainError as e:
             raise RecipeError(f"{self.path}: {key}: {e}") from None
+
+
+def _check_chat_template(path: Path, spec: RecipeSpec) -> None:
+    """A template that cannot be read, or a local base without one and no setting: one line now, not
+    a traceback after training starts. (Hub bases are checked when the run loads their tokenizer.)"""
+    from posttrain.chat_templates import BUILTIN_TEMPLATES, directory_has_chat_template, template_text
+
+    if spec.chat_template is not None:
+        try:
+            template_text(spec.chat_template)
+        except RecipeError as e:
+            raise RecipeError(f"{path}: {e}") from None
+    elif Path(spec.base).is_dir() and not directory_has_chat_template(Path(spec.base)):
+        raise RecipeError(f"{path}: base '{spec.base}' has no chat template; set chat_template: to one of "
+                          f"{', '.join(BUILTIN_TEMPLATES)} or a .jinja file (docs/recipes.md)")
 
 
 def _check_choices_used(path: Path, spec: RecipeSpec) -> None:

@@ -1,7 +1,9 @@
 """Step 3, units (1/4): typed values read out of a row's fields, with errors that name the location and the field.
 
 Every accessor either returns a clean value or raises a `RowError` whose `reason` is the
-accounting code used when the row is skipped: `missing_field`, `wrong_type`, `bad_value`.
+accounting code used when the row is skipped: `missing_field`, `wrong_type`, `bad_value`; and
+`tool_calls_unsupported` for a conversation that calls tools, which is dropped whatever
+`on_error` says (it is valid data that posttrain does not train on yet, not a mistake).
 """
 
 from __future__ import annotations
@@ -61,8 +63,19 @@ def _content(value, location: str, field: str) -> str:
     raise RowError(location, f"must be text or a list of text parts, got {_type_name(value)}", "wrong_type", field)
 
 
+TOOL_CALLS = "tool_calls_unsupported"
+# Keys that make an assistant message a tool call: OpenAI's `tool_calls`, its older `function_call`.
+_TOOL_CALL_KEYS = ("tool_calls", "function_call")
+
+
 def messages(value, location: str, field: str, role_key: str = "role", content_key: str = "content") -> Messages:
-    """A list of chat messages, normalized to [{role, content}] with standard role names."""
+    """A list of chat messages, normalized to [{role, content}] with standard role names.
+
+    A conversation that calls tools (an assistant message with `tool_calls` or `function_call`,
+    or a `tool` / `function` message) raises `tool_calls_unsupported`: posttrain does not train
+    on tool calls, and reading such a conversation as text would train on a conversation with
+    its calls cut out.
+    """
     if not isinstance(value, list) or not value:
         raise RowError(location, f"must be a non-empty list of messages, got {_type_name(value) if not isinstance(value, list) else 'an empty list'}", "wrong_type", field)
     out = []
@@ -70,14 +83,40 @@ def messages(value, location: str, field: str, role_key: str = "role", content_k
         where = f"{field}[{n}]"
         if not isinstance(message, dict):
             raise RowError(location, f"must be an object with '{role_key}' and '{content_key}', got {_type_name(message)}", "wrong_type", where)
-        for key in (role_key, content_key):
-            if key not in message:
-                raise missing(location, f"{where}.{key}")
+        if role_key not in message:
+            raise missing(location, f"{where}.{role_key}")
         role = ROLE_ALIASES.get(str(message[role_key]).strip().lower())
         if role is None:
             raise RowError(location, f"is '{message[role_key]}'; use one of: {', '.join(ROLES)} (or human/gpt)", "bad_value", f"{where}.{role_key}")
+        _refuse_tool_use(message, role, location, where, role_key)
+        if content_key not in message:
+            raise missing(location, f"{where}.{content_key}")
         out.append({"role": role, "content": _content(message[content_key], location, f"{where}.{content_key}")})
     return out
+
+
+def _refuse_tool_use(message: dict, role: str, location: str, where: str, role_key: str) -> None:
+    call = next((k for k in _TOOL_CALL_KEYS if message.get(k)), None)
+    if call is None and role != "tool":
+        return
+    what = f"is a tool call ('{call}')" if call else f"is a tool result (role '{message[role_key]}')"
+    raise RowError(location, f"{what}; posttrain does not train on tool calls yet, so this conversation is dropped "
+                             f"as {TOOL_CALLS} (remove the tool turns to train on the rest)", TOOL_CALLS, call and f"{where}.{call}" or f"{where}.{role_key}")
+
+
+def merge_same_role(conversation: Messages) -> tuple[Messages, int]:
+    """Consecutive turns of one role become one turn (texts joined by a blank line), so every
+    conversation alternates as chat templates require; returns the turns and how many were merged."""
+    out: Messages = []
+    merged = 0
+    for message in conversation:
+        if out and out[-1]["role"] == message["role"]:
+            texts = [t for t in (out[-1]["content"], message["content"]) if t.strip()]
+            out[-1] = {**out[-1], "content": "\n\n".join(texts)}
+            merged += 1
+        else:
+            out.append(dict(message))
+    return out, merged
 
 
 def is_messages(value) -> bool:

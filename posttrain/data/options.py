@@ -13,8 +13,8 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from posttrain.data.formats import resolve_format
-from posttrain.errors import DataError
+from posttrain.data.formats import FIELDS, resolve_format
+from posttrain.errors import DataError, did_you_mean
 
 
 class DataOptions(BaseModel):
@@ -23,6 +23,9 @@ class DataOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: str | None = Field(None, description="Force a data format instead of detecting it (e.g. thumbs, pairs, oasst).")
+    columns: dict[str, str] = Field(default_factory=dict, description=(
+        "Read your file's columns as the fields posttrain knows, right after reading: {field: your_column}, "
+        "e.g. {prompt: question, response: answer}."))
     on_error: Literal["fail", "skip"] = Field("fail", description="A bad row stops the run, or is skipped and counted with its reason.")
     dedupe: Literal["exact", "normalized", "none"] = "exact"
     max_tokens: int | None = Field(None, gt=0, description="Drop examples longer than this (prompt + reply, approximate tokens).")
@@ -41,6 +44,18 @@ class DataOptions(BaseModel):
         except DataError as e:
             raise PydanticCustomError("unknown_format", "{message}", {"message": str(e)}) from None
 
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        """Each key is a field posttrain reads, each value a column name of the user's file."""
+        for field, column in value.items():
+            if field not in FIELDS:
+                raise PydanticCustomError("unknown_field", "{message}", {"message": column_problem(field, column)})
+            if not column.strip():
+                raise PydanticCustomError("empty_column", "{message}", {"message": (
+                    f"columns: the column read as '{field}' is empty; write {{{field}: your_column}}")})
+        return value
+
     @classmethod
     def from_keywords(cls, options: dict) -> DataOptions:
         """Options given as keywords (library callers, `posttrain data`): an unknown name is a
@@ -54,12 +69,25 @@ class DataOptions(BaseModel):
             raise DataError(_one_line(e)) from None
 
 
+def column_problem(field: str, column: str) -> str:
+    """Why `columns: {field: column}` cannot be read: the field is not one posttrain reads."""
+    if field in FIELDS:
+        return ""
+    reversed_hint = (f"; it looks reversed: columns maps the field posttrain reads to your column, so write {{{column}: {field}}}"
+                     if column in FIELDS else f"; write {{field: your_column}}, e.g. {{prompt: {field}}}")
+    return (f"columns: '{field}' is not a field posttrain reads{did_you_mean(field, FIELDS)}{reversed_hint}. "
+            f"Fields: {', '.join(FIELDS)}")
+
+
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
     name, value = str(first["loc"][0]), first.get("input")
     choices = get_args(DataOptions.model_fields[name].annotation)
-    if name == "format":
+    if name == "format" or first["type"] in ("unknown_field", "empty_column"):
         return first["msg"]
+    if name == "columns":
+        return (f"columns is {value!r}; use a mapping of the field posttrain reads to your file's column, "
+                f"e.g. {{prompt: question, response: answer}}")
     if name == "split":
         return f"split is '{value}'; use train, test, or leave it unset for every row"
     if name == "test_share":

@@ -1,6 +1,7 @@
 """Step 1, read: a source name becomes located rows.
 
-A source is a local file (JSONL, JSON, CSV/TSV, Parquet), a Hub dataset (`owner/name` or
+A source is a local file (JSONL, JSON, CSV/TSV, Parquet; any of them compressed as .gz, .bz2,
+.xz or .zst, e.g. `train.jsonl.gz`), a Hub dataset (`owner/name` or
 `hf:owner/name[:split]`), built-in data (`builtin:<name>`), or what a data stage of the run
 wrote (`stage:<name>`, read through the run's `data_files` mapping).
 
@@ -12,13 +13,18 @@ record counted with its reason. pyarrow and datasets are imported only when a so
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 from posttrain.errors import DataError
 from posttrain.stage import STAGE_DATA_PREFIX
@@ -27,6 +33,9 @@ ON_ERROR = ("fail", "skip")
 BUILTIN_PREFIX = "builtin:"
 HUB_PREFIX = "hf:"
 FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+# A compression suffix after the format's: train.jsonl.gz. zstd is read through pyarrow (a dependency of datasets).
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+_DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 # CSV cells are text; these columns may hold JSON (message lists, completion lists, scores).
 JSON_COLUMNS = {"messages", "conversations", "completions", "responses", "scores", "emojis", "prompt", "chosen", "rejected", "completion"}
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
@@ -91,7 +100,30 @@ def _is_hub_source(source: str) -> bool:
     if source.startswith(HUB_PREFIX):
         return True
     path = Path(source)
-    return not path.exists() and path.suffix.lower() not in FILE_SUFFIXES and bool(_HUB_NAME.match(source))
+    return not path.exists() and file_kind(path) == (None, None) and bool(_HUB_NAME.match(source))
+
+
+def file_kind(path: Path) -> tuple[str | None, str | None]:
+    """(format, compression) from a file's name: data.jsonl -> ("jsonl", None), data.tsv.gz -> ("csv", "gzip")."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    named = suffixes[-2] if compression and len(suffixes) > 1 else None if compression else suffixes[-1] if suffixes else None
+    return FILE_SUFFIXES.get(named), compression
+
+
+def _format_suffix(path: Path) -> str:
+    """The suffix that names the format: '.tsv' for data.tsv.gz."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    return suffixes[-2] if len(suffixes) > 1 and suffixes[-1] in COMPRESSIONS else Path(path).suffix.lower()
+
+
+def _unsupported(path: Path) -> DataError:
+    known = f"{', '.join(FILE_SUFFIXES)} (optionally compressed: {', '.join(s.lstrip('.') for s in COMPRESSIONS)})"
+    if Path(path).suffix.lower() in COMPRESSIONS:
+        named = "".join(Path(path).suffixes[-2:]) if len(Path(path).suffixes) > 1 else Path(path).suffix
+        return DataError(f"data file '{path}': unsupported extension '{named}'; name the format before the compression, "
+                         f"e.g. train.jsonl{Path(path).suffix}; formats: {known}")
+    return DataError(f"data file '{path}': unsupported extension '{Path(path).suffix}'; use one of: {known}")
 
 
 def check_source(source: str) -> None:
@@ -114,13 +146,15 @@ def check_source(source: str) -> None:
     if not path.is_file():
         raise DataError(f"data file '{source}' does not exist (paths are relative to the current directory; "
                         f"a Hub dataset is written owner/name or hf:owner/name)")
-    if path.suffix.lower() not in FILE_SUFFIXES:
-        raise DataError(f"data file '{source}': unsupported extension '{path.suffix}'; use one of: {', '.join(FILE_SUFFIXES)}")
+    if file_kind(path)[0] is None:
+        raise _unsupported(path)
 
 
 def source_digest(source: str) -> str:
     """sha256 of a source's content, for stage fingerprints (a file's bytes, or the built-in rows).
 
+    A compressed file by its decompressed content, so compressing it again (a new timestamp in
+    the gzip header) does not invalidate a run.
     A Hub dataset is fingerprinted by its name and split: its content is not fetched to plan a run.
     A `stage:<name>` source by its name: the producing stage's fingerprint covers its content.
     """
@@ -132,7 +166,12 @@ def source_digest(source: str) -> str:
         return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     if _is_hub_source(source):
         return hashlib.sha256(("hub:" + "/".join(parse_hub_name(source))).encode()).hexdigest()
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with _decompressing(Path(source)):
+        with _open_bytes(Path(source)) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_rows(source: str, on_error: str = "fail", data_files: dict[str, Path] | None = None) -> Rows:
@@ -191,10 +230,69 @@ class _Collector:
 
 
 def read_file(path: Path, on_error: str = "fail") -> Rows:
-    kind = FILE_SUFFIXES.get(path.suffix.lower())
+    kind = file_kind(path)[0]
     if kind is None:
-        raise DataError(f"data file '{path}': unsupported extension '{path.suffix}'; use one of: {', '.join(FILE_SUFFIXES)}")
-    return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path, on_error)
+        raise _unsupported(path)
+    with _decompressing(path):
+        return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path, on_error)
+
+
+class _decompressing:
+    """A damaged or truncated compressed file is one line naming the file, not a traceback."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        compression = file_kind(self.path)[1]
+        if compression and error is not None and isinstance(error, _DECOMPRESSION_ERRORS) \
+                and not isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise DataError(f"{self.path}: not a readable {compression} file ({str(error) or type(error).__name__}); "
+                            f"check that the file is complete and compressed with {compression}") from None
+        return False
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed as its name says."""
+    compression = file_kind(path)[1]
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "bz2":
+        return bz2.open(path, "rb")
+    if compression == "xz":
+        return lzma.open(path, "rb")
+    if compression == "zstd":
+        import pyarrow as pa
+
+        return io.BufferedReader(_RawStream(pa.input_stream(str(path), compression="zstd")))
+    return open(path, "rb")
+
+
+class _RawStream(io.RawIOBase):
+    """A pyarrow stream as a Python raw stream, so it reads line by line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+def _read_bytes(path: Path) -> bytes:
+    with _open_bytes(path) as f:
+        return f.read()
 
 
 def _not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> RowError:
@@ -203,7 +301,7 @@ def _not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> RowError:
 
 def _read_jsonl(path: Path, on_error: str) -> Rows:
     out = _Collector(str(path), on_error)
-    with open(path, "rb") as f:
+    with _open_bytes(path) as f:
         for number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -223,7 +321,7 @@ def _read_jsonl(path: Path, on_error: str) -> Rows:
 
 
 def _decode_whole(path: Path) -> str:
-    data = path.read_bytes()
+    data = _read_bytes(path)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -266,11 +364,11 @@ def _read_csv(path: Path, on_error: str) -> Rows:
         if on_error != "skip":
             raise
         # Undecodable bytes become markers so only the records holding them are skipped.
-        text, first_error = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff"), e
+        text, first_error = _read_bytes(path).decode("utf-8", errors="surrogateescape").lstrip("\ufeff"), e
     else:
         first_error = None
     out = _Collector(str(path), on_error)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if _format_suffix(path) == ".tsv" else ",")
     if not reader.fieldnames:
         return out.result()
     start = reader.line_num + 1
@@ -306,8 +404,9 @@ def _cell(column: str, value: str):
 def _read_parquet(path: Path, on_error: str) -> Rows:
     import pyarrow.parquet as pq
 
+    source = io.BytesIO(_read_bytes(path)) if file_kind(path)[1] else path  # a damaged archive: see _decompressing
     try:
-        records = pq.read_table(path).to_pylist()
+        records = pq.read_table(source).to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     out = _Collector(str(path), on_error)

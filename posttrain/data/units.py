@@ -16,6 +16,7 @@ Messages = list[dict]
 class Unit:
     location: str
     prompt: Messages
+    merged_turns: int = field(default=0, kw_only=True)  # consecutive same-role turns merged while reading the row
 
     def responses(self) -> list[str]:
         """Every response text the unit carries (for empty and length checks)."""
