@@ -1,9 +1,11 @@
 """The pipeline walks a recipe's plan: fingerprint each stage, skip what is cached, run the rest.
 
-It knows nothing about SFT or DPO. Per stage it writes `<run>/<stage>/stage.json`
-(status, fingerprint, lineage, data accounting, metrics, wall time, peak memory); per
-run `results.json` and `report.md`. One run per directory, enforced by an OS lock that
-dies with its process (a crashed run never leaves it stuck).
+It knows nothing about SFT or DPO: it reads each stage's declared role and inputs, resolves
+them through the model store, prepares every stage's data once, and per stage writes
+`<run>/<stage>/stage.json` (status, role, fingerprint, lineage, data accounting, metrics,
+wall time, peak memory). `run()` returns the typed `RunResults`; writing results.json and
+the reports is the caller's (posttrain.reporting.write_run). One run per directory,
+enforced by an OS lock that dies with its process (a crashed run never leaves it stuck).
 """
 
 from __future__ import annotations
@@ -274,7 +276,7 @@ class Pipeline:
             data=result.data.to_dict() if result.data else None,
             metrics=result.metrics,
             curves=result.curves,
-            evaluation=result.evaluation,
+            evaluation=result.evaluation.model_dump(mode="json") if result.evaluation is not None else None,
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         if result.data:

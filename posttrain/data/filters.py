@@ -100,7 +100,8 @@ def split_by_conversation(examples: list[dict], test_share: float, seed: int) ->
 
 def filtered_units(found: Conversations, source: str, options: DataOptions, tokenizer=None) -> tuple[list[Unit], DataAccounting]:
     """Units that pass the shared rules, and an accounting that already holds the rest."""
-    acct = DataAccounting(source=source, rows_read=len(found.units) + len(found.dropped), formats=found.formats)
+    acct = DataAccounting(source=source, rows_read=len(found.units) + len(found.dropped), formats=found.formats,
+                          details=dict(found.details))
     for dropped in found.dropped:
         if dropped.message:
             acct.skip_error(dropped.reason, dropped.message)

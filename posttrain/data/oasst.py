@@ -6,7 +6,10 @@ Prompter messages are conversation context, not rows. Rules:
 - its votes are its `+1` / `-1` emoji counts, its rank is `rank` (0 = best) among the
   replies to the same parent;
 - a deleted message, or one that failed review (`review_result: false`), is dropped with
-  everything below it (`deleted` / `failed_review`, one per assistant message).
+  everything below it (`deleted` / `failed_review`, one per assistant message);
+- a message whose `message_id` was read before (an export that repeats a tree) counts once:
+  its first copy is used, a repeated assistant message drops as `duplicate_message`, so its
+  votes are not counted twice.
 
 Both shapes are read: exported trees (`{"message_tree_id", "prompt": MESSAGE}`, replies
 nested) and flat message rows linked by `parent_id` (the Hub's oasst1/oasst2 layout).
@@ -24,24 +27,32 @@ _LOCATION = "__location__"  # where a flat row came from, kept on its node
 Locate = Callable[[dict, str], tuple[str, str]]  # (node, path) -> (location, field prefix)
 
 
-def tree_units(row: dict, location: str, on_error: str) -> list[Vote | Dropped]:
-    """One exported tree (one JSONL line)."""
+DUPLICATE = "duplicate_message"
+
+
+def tree_units(row: dict, location: str, on_error: str, seen: set | None = None) -> list[Vote | Dropped]:
+    """One exported tree (one JSONL line); `seen`: the message ids read so far in this source."""
     if "message_tree_id" in row or isinstance(row.get("prompt"), dict):
         root, path = f.require(row, "prompt", location), "prompt"
     else:
         root, path = row, "message"
     if not isinstance(root, dict):
         raise RowError(location, f"must be the root message object, got {type(root).__name__}", "wrong_type", path)
-    return _walk(root, path, lambda node, p: (location, f"{p}."), on_error)
+    return _walk(root, path, lambda node, p: (location, f"{p}."), on_error, set() if seen is None else seen)
 
 
-def flat_units(rows: list[tuple[dict, str]], on_error: str) -> list[Vote | Dropped]:
-    """Message rows linked by parent_id, in file order."""
-    nodes = {}
+def flat_units(rows: list[tuple[dict, str]], on_error: str) -> tuple[list[Vote | Dropped], int]:
+    """Message rows linked by parent_id, in file order; and how many rows repeat a message id read before."""
+    nodes, out, repeated = {}, [], 0
     for row, location in rows:
         message_id = f.require(row, "message_id", location)
+        if message_id in nodes:  # the first copy is used; a repeated assistant message is still one row
+            repeated += 1
+            if str(row.get("role", "")).lower() == "assistant":
+                out.append(Dropped(f"{location} message {message_id}", DUPLICATE))
+            continue
         nodes[message_id] = {**row, "replies": [], _LOCATION: location}
-    roots, out = [], []
+    roots = []
     for node in nodes.values():
         parent_id = node.get("parent_id")
         if parent_id is None:
@@ -54,11 +65,11 @@ def flat_units(rows: list[tuple[dict, str]], on_error: str) -> list[Vote | Dropp
                 raise error
             out += _drop_subtree(node, node[_LOCATION], error.reason, str(error))
     for root in roots:
-        out += _walk(root, "", lambda node, p: (node[_LOCATION], ""), on_error)
-    return out
+        out += _walk(root, "", lambda node, p: (node[_LOCATION], ""), on_error, set())
+    return out, repeated
 
 
-def _walk(root: dict, root_path: str, locate: Locate, on_error: str) -> list[Vote | Dropped]:
+def _walk(root: dict, root_path: str, locate: Locate, on_error: str, seen: set) -> list[Vote | Dropped]:
     out: list[Vote | Dropped] = []
     stack = [(root, root_path, None, ())]  # (node, field path, parent id, conversation so far)
     while stack:
@@ -72,11 +83,19 @@ def _walk(root: dict, root_path: str, locate: Locate, on_error: str) -> list[Vot
             out += _drop_subtree(node, location, e.reason, str(e))
             continue
         where = f"{location} message {node.get('message_id', path)}"
+        # The same id with the same text in the same conversation: a copy, not a second message
+        # (hand-written trees may reuse short ids such as "a1" in different conversations).
+        identity = None if node.get("message_id") is None else (str(node["message_id"]), role, text, tuple((m["role"], m["content"]) for m in conversation))
+        repeated = identity is not None and identity in seen
+        if identity is not None:
+            seen.add(identity)
         unusable = "deleted" if node.get("deleted") is True else "failed_review" if node.get("review_result") is False else None
         if unusable:
             out += _drop_subtree(node, where, unusable, at_least=0)
             continue
-        if role == "assistant":
+        if role == "assistant" and repeated:
+            out.append(Dropped(where, DUPLICATE))  # counted once: its first copy carries its votes
+        elif role == "assistant":
             if not any(m["role"] == "user" for m in conversation):
                 raise RowError(location, "is an assistant reply with no prompter message before it", "bad_value", f"{prefix}role")
             up, down = _votes(node, location, prefix)
