@@ -1,7 +1,7 @@
 """Data: from the files a user has to the examples each stage trains on, in one direction.
 
     source name
-      │  1 read      sources.py         files (JSONL/JSON/CSV/Parquet), Hub, builtin:, stage: -> located rows
+      │  1 read      sources.py         files (JSONL/JSON/CSV/Parquet, .gz/.bz2/.xz/.zst), Hub, builtin:, stage: -> rows
       ▼
     rows
       │  2 shape     formats.py         which input format each row is (options.py: DataOptions)

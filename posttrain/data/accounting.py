@@ -14,6 +14,11 @@ from posttrain.errors import DataError
 # so they do not count towards `max_drop_share`.
 NOT_A_QUALITY_DROP = frozenset({"other_split"})
 MAX_ERRORS_KEPT = 5
+# What reading changed, kept in `details` and said in the summary.
+READING_NOTES = {
+    "merged_same_role_turns": "rows whose consecutive same-role turns were merged",
+    "duplicate_records_pooled": "duplicate records pooled (counted once)",
+}
 
 
 @dataclass
@@ -66,9 +71,10 @@ class DataAccounting:
             )
 
     def summary(self) -> str:
-        """One line for people: read, used, examples, drops by reason."""
+        """One line for people: read, used, examples, drops by reason, and what reading changed."""
         dropped = ", ".join(f"{r} {n}" for r, n in self.dropped.most_common()) or "none"
-        return f"{self.rows_read} rows read, {self.rows_used} used, {self.examples_used} examples; dropped: {dropped}"
+        notes = "".join(f"; {text}: {self.details[key]}" for key, text in READING_NOTES.items() if self.details.get(key))
+        return f"{self.rows_read} rows read, {self.rows_used} used, {self.examples_used} examples; dropped: {dropped}{notes}"
 
     def to_dict(self) -> dict:
         out = {

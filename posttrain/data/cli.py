@@ -23,9 +23,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 TARGETS = ("sft", "pairs", "kto")
 
-SourceArg = Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.parquet file, builtin:<name>, or a Hub dataset owner/name[:split].")]
+SourceArg = Annotated[str, typer.Argument(help=(
+    "A .jsonl/.json/.csv/.tsv/.parquet file (also compressed: .gz, .bz2, .xz, .zst), builtin:<name>, or a Hub dataset owner/name[:split]."))]
 FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=(
-    "Force a format instead of detecting it: messages, alpaca, sharegpt, prompt_completion, preference, hh, rated, binary, thumbs, oasst."))]
+    "Force a format instead of detecting it: messages, alpaca, dolly, self_instruct, sharegpt, prompt_completion, preference, hh, "
+    "rated, binary, thumbs, oasst."))]
+ColumnOpt = Annotated[Optional[list[str]], typer.Option("--column", help=(
+    "Read one of your columns as a field posttrain knows: FIELD=YOUR_COLUMN, e.g. --column prompt=question; repeatable."))]
 OnErrorOpt = Annotated[str, typer.Option("--on-error", help="fail: stop at the first bad row; skip: drop it and count it.")]
 PairCapOpt = Annotated[int, typer.Option("--max-pairs-per-prompt", help="Cap on pairs derived per prompt (votes, ranks, scores).")]
 DedupeOpt = Annotated[str, typer.Option("--dedupe", help="exact, normalized (ignore case, punctuation, spacing) or none.")]
@@ -35,8 +39,23 @@ BothVotesOpt = Annotated[str, typer.Option("--both-votes", help="A reply with up
 TiesOpt = Annotated[str, typer.Option("--ties", help="Equal ranks or scores: skip (no pair) or fail.")]
 
 
-def _options(format, on_error, dedupe, max_tokens, both_votes, ties, **more) -> dict:
-    return {"format": format, "on_error": on_error, "dedupe": dedupe, "max_tokens": max_tokens, "both_votes": both_votes, "ties": ties, **more}
+def _options(format, on_error, dedupe, max_tokens, both_votes, ties, column, **more) -> dict:
+    return {"format": format, "on_error": on_error, "dedupe": dedupe, "max_tokens": max_tokens, "both_votes": both_votes, "ties": ties,
+            "columns": _columns(column), **more}
+
+
+def _columns(values: list[str] | None) -> dict[str, str]:
+    """--column FIELD=YOUR_COLUMN, repeated -> the `columns` option ({field: your_column})."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        field, sep, column = value.partition("=")
+        field, column = field.strip(), column.strip()
+        if not sep or not field or not column:
+            raise DataError(f"--column '{value}': write FIELD=YOUR_COLUMN, e.g. --column prompt=question")
+        if field in out:
+            raise DataError(f"--column: '{field}' is given twice ({field}={out[field]} and {value}); give each field one column")
+        out[field] = column
+    return out
 
 
 def _tokenizer(name: str | None):
@@ -58,13 +77,14 @@ def inspect_command(
     tokenizer: TokenizerOpt = None,
     both_votes: BothVotesOpt = "majority",
     ties: TiesOpt = "skip",
+    column: ColumnOpt = None,
     examples: Annotated[int, typer.Option("--examples", "-n", help="Examples to show per conversion.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ):
     """Detected format, counts, length, vote and rank statistics, and what each conversion makes of the data."""
     from posttrain.data.inspection import inspect_source
 
-    options = _options(format, on_error, dedupe, max_tokens, both_votes, ties)
+    options = _options(format, on_error, dedupe, max_tokens, both_votes, ties, column)
     report = inspect_source(source, max_pairs_per_prompt=max_pairs_per_prompt, examples=examples, tokenizer=_tokenizer(tokenizer), **options)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -97,7 +117,7 @@ def _key_values(title: str, values: dict) -> None:
     table.add_column(style="bold")
     table.add_column(justify="right")
     for key, value in values.items():
-        table.add_row(key, _cell(value))
+        table.add_row(escape(str(key)), escape(_cell(value)))
     console.print(table)
 
 
@@ -117,8 +137,8 @@ def _conversion_table(conversions: dict) -> None:
     for column in ("to", "examples", "rows used", "rows dropped", "notes"):
         table.add_column(column)
     for name, result in conversions.items():
-        if "error" in result:
-            table.add_row(name, "-", "-", "-", result["error"])
+        if "error" in result:  # error texts quote the user's fields, e.g. conversations[from, value]: not markup
+            table.add_row(escape(name), "-", "-", "-", escape(result["error"]))
             continue
         notes = []
         if "from" in result:
@@ -128,7 +148,7 @@ def _conversion_table(conversions: dict) -> None:
             notes.append(f"desirable/undesirable {result['desirable / undesirable']}; weights "
                          f"{weights['desirable_weight']:g} / {weights['undesirable_weight']:g}")
         dropped = ", ".join(f"{k} {v}" for k, v in result["rows dropped"].items()) or "none"
-        table.add_row(name, str(result["examples"]), str(result["rows used"]), dropped, "; ".join(notes))
+        table.add_row(escape(name), str(result["examples"]), str(result["rows used"]), escape(dropped), escape("; ".join(notes)))
     console.print(table)
 
 
@@ -165,6 +185,7 @@ def convert_command(
     tokenizer: TokenizerOpt = None,
     both_votes: BothVotesOpt = "majority",
     ties: TiesOpt = "skip",
+    column: ColumnOpt = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Keep one side of a split by prompt: train or test.")] = None,
     test_share: Annotated[float, typer.Option("--test-share", help="Share of prompts in the test side.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split.")] = 0,
@@ -177,7 +198,7 @@ def convert_command(
     from posttrain.data.training_data import to_kto_examples, to_preference_pairs, to_sft_examples
     from posttrain.data.writers import write_examples
 
-    options = _options(format, on_error, dedupe, max_tokens, both_votes, ties, split=split, test_share=test_share, seed=seed)
+    options = _options(format, on_error, dedupe, max_tokens, both_votes, ties, column, split=split, test_share=test_share, seed=seed)
     counter = _tokenizer(tokenizer)
     rows = load_rows(source, on_error)
     weights = None

@@ -64,8 +64,9 @@ def conversation_units(rows: list[dict], source: str, options: DataOptions) -> C
                 continue
             if chosen == "oasst":
                 tree_id = row.get("message_tree_id")
-                repeated += tree_id is not None and tree_id in seen_trees
-                seen_trees.add(tree_id)
+                if isinstance(tree_id, (str, int)):
+                    repeated += tree_id in seen_trees
+                    seen_trees.add(tree_id)
                 items = tree_units(row, location, options.on_error, seen_messages)
             else:
                 items = READERS[chosen](row, location)
@@ -124,14 +125,16 @@ def map_columns(located: list[tuple[dict, str]], columns: dict[str, str], source
 
 
 def _is_flat_oasst(row: dict) -> bool:
-    return "message_id" in row and "message_tree_id" not in row and not isinstance(row.get("prompt"), dict) and "replies" not in row
+    """A message row of the Hub's oasst1/oasst2 layout (it names its tree too), not an exported tree."""
+    return "message_id" in row and not isinstance(row.get("prompt"), dict) and "replies" not in row
 
 
 def _undetectable(row: dict, location: str) -> RowError:
     known = "; ".join(f"{name} ({keys})" for name, (keys, _) in FORMATS.items())
     found = ", ".join(sorted(map(str, row.keys()))) or "none"
     return RowError(location, f"cannot detect the data format from the fields ({found}); known formats: {known}. "
-                              f"Rename the fields or set format explicitly", "unknown_format")
+                              f"Rename the fields, map them with columns (e.g. columns: {{prompt: question, response: answer}}), "
+                              f"or set format explicitly", "unknown_format")
 
 
 # ---- one reader per flat format: (row, location) -> units ---------------------------------------
@@ -316,12 +319,13 @@ def _read_vote(row: dict, location: str, holders: list[tuple[dict, str]], vote_f
         for name in vote_fields:
             if source.get(name) is not None:
                 return f.rating(source[name], location, prefix + name)
-    unreadable = [prefix + name for source, prefix in holders for name in feedback_like(source.keys())]
+    unreadable = [(prefix, name) for source, prefix in holders for name in feedback_like(source.keys())]
     if unreadable:
-        name = unreadable[0]
-        raise RowError(location, f"looks like feedback, but posttrain reads votes only from {', '.join(VOTE_FIELDS)}; "
-                                 f"if its values say up/down (true = liked), read it as the rating with columns: {{rating: {name}}}; "
-                                 f"to train on every row as a demonstration instead, set format: {shape}", "unknown_feedback", name)
+        prefix, name = unreadable[0]
+        fix = (f"if its values say up/down (true = liked), read it as the rating with columns: {{rating: {name}}}" if not prefix
+               else f"if its values say up/down, name it rating")
+        raise RowError(location, f"looks like feedback, but posttrain reads votes only from {', '.join(VOTE_FIELDS)}; {fix}; "
+                                 f"to train on every row as a demonstration instead, set format: {shape}", "unknown_feedback", prefix + name)
     # A feedback row without its vote: name the row's field, or the instance's when its siblings carry theirs.
     instances = row.get("instances") if shape == "self_instruct" else None
     per_instance = isinstance(instances, list) and any(isinstance(i, dict) and any(i.get(k) is not None for k in vote_fields) for i in instances)

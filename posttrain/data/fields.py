@@ -21,6 +21,8 @@ ROLE_ALIASES = {
     "human": "user", "user": "user", "prompter": "user",
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
     "system": "system", "tool": "tool", "function": "tool",
+    # tool turns in ShareGPT-style tool datasets and Llama 3 chats: conversations that call tools
+    "function_call": "tool", "observation": "tool", "ipython": "tool",
 }
 
 RATING_VALUES = {
@@ -99,7 +101,7 @@ def _refuse_tool_use(message: dict, role: str, location: str, where: str, role_k
     call = next((k for k in _TOOL_CALL_KEYS if message.get(k)), None)
     if call is None and role != "tool":
         return
-    what = f"is a tool call ('{call}')" if call else f"is a tool result (role '{message[role_key]}')"
+    what = f"is a tool call ('{call}')" if call else f"is a tool turn (role '{message[role_key]}')"
     raise RowError(location, f"{what}; posttrain does not train on tool calls yet, so this conversation is dropped "
                              f"as {TOOL_CALLS} (remove the tool turns to train on the rest)", TOOL_CALLS, call and f"{where}.{call}" or f"{where}.{role_key}")
 

@@ -57,6 +57,12 @@ def _counts(rows, found: Conversations) -> dict:
     }
     if "oasst" in found.formats:
         out["rows (accounting units)"] = f"{out['rows (accounting units)']} (one per assistant reply)"
+    elif "self_instruct" in found.formats:
+        out["rows (accounting units)"] = f"{out['rows (accounting units)']} (one per instance)"
+    if found.details.get("merged_same_role_turns"):
+        out["rows with same-role turns merged"] = found.details["merged_same_role_turns"]
+    if found.details.get("duplicate_records_pooled"):
+        out["duplicate records pooled"] = found.details["duplicate_records_pooled"]
     return out
 
 

@@ -32,7 +32,7 @@ DUPLICATE = "duplicate_message"
 
 def tree_units(row: dict, location: str, on_error: str, seen: set | None = None) -> list[Vote | Dropped]:
     """One exported tree (one JSONL line); `seen`: the message ids read so far in this source."""
-    if "message_tree_id" in row or isinstance(row.get("prompt"), dict):
+    if isinstance(row.get("prompt"), dict) or "message_id" not in row:
         root, path = f.require(row, "prompt", location), "prompt"
     else:
         root, path = row, "message"

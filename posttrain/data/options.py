@@ -53,7 +53,7 @@ class DataOptions(BaseModel):
                 raise PydanticCustomError("unknown_field", "{message}", {"message": column_problem(field, column)})
             if not column.strip():
                 raise PydanticCustomError("empty_column", "{message}", {"message": (
-                    f"columns: the column read as '{field}' is empty; write {{{field}: your_column}}")})
+                    f"the column read as '{field}' is empty; write {{{field}: your_column}}")})
         return value
 
     @classmethod
@@ -73,18 +73,21 @@ def column_problem(field: str, column: str) -> str:
     """Why `columns: {field: column}` cannot be read: the field is not one posttrain reads."""
     if field in FIELDS:
         return ""
-    reversed_hint = (f"; it looks reversed: columns maps the field posttrain reads to your column, so write {{{column}: {field}}}"
-                     if column in FIELDS else f"; write {{field: your_column}}, e.g. {{prompt: {field}}}")
-    return (f"columns: '{field}' is not a field posttrain reads{did_you_mean(field, FIELDS)}{reversed_hint}. "
-            f"Fields: {', '.join(FIELDS)}")
+    if column in FIELDS:
+        return (f"'{field}' is not a field posttrain reads, but '{column}' is: columns maps the field posttrain reads "
+                f"to your column, so write {{{column}: {field}}}")
+    return (f"'{field}' is not a field posttrain reads{did_you_mean(field, FIELDS)}; columns maps the field posttrain reads "
+            f"to your column, e.g. {{prompt: {column}}}. Fields: {', '.join(FIELDS)}")
 
 
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
     name, value = str(first["loc"][0]), first.get("input")
     choices = get_args(DataOptions.model_fields[name].annotation)
-    if name == "format" or first["type"] in ("unknown_field", "empty_column"):
+    if name == "format":
         return first["msg"]
+    if first["type"] in ("unknown_field", "empty_column"):
+        return f"columns: {first['msg']}"
     if name == "columns":
         return (f"columns is {value!r}; use a mapping of the field posttrain reads to your file's column, "
                 f"e.g. {{prompt: question, response: answer}}")
