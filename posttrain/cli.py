@@ -11,7 +11,8 @@ user error too.
 from __future__ import annotations
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,7 +40,7 @@ OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run d
 
 def installed_version() -> str:
     try:
-        return version("posttrain")
+        return distribution_version("posttrain")
     except PackageNotFoundError:  # imported from a checkout that was never installed
         return "unknown (not installed)"
 

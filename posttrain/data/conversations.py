@@ -323,7 +323,7 @@ def _read_vote(row: dict, location: str, holders: list[tuple[dict, str]], vote_f
     if unreadable:
         prefix, name = unreadable[0]
         fix = (f"if its values say up/down (true = liked), read it as the rating with columns: {{rating: {name}}}" if not prefix
-               else f"if its values say up/down, name it rating")
+               else "if its values say up/down, name it rating")
         raise RowError(location, f"looks like feedback, but posttrain reads votes only from {', '.join(VOTE_FIELDS)}; {fix}; "
                                  f"to train on every row as a demonstration instead, set format: {shape}", "unknown_feedback", prefix + name)
     # A feedback row without its vote: name the row's field, or the instance's when its siblings carry theirs.
