@@ -453,3 +453,25 @@ def test_the_openassistant_sample_keeps_its_documented_figures():
     conversions = report["conversions"]
     assert (conversions["sft"]["examples"], conversions["pairs"]["examples"], conversions["kto"]["examples"]) == (409, 658, 430)
     assert conversions["kto"]["class weights"] == {"desirable_weight": 1.0, "undesirable_weight": 3.4791}
+
+
+def test_openai_message_weight_zero_is_never_trained_on(tmp_path):
+    """OpenAI fine-tuning files mark assistant messages not to learn with `weight: 0`."""
+    from posttrain.data.training_data import to_sft_examples
+    from posttrain.data.sources import load_rows
+
+    def turn(role, content, **extra):
+        return {"role": role, "content": content, **extra}
+
+    rows = [
+        {"messages": [turn("user", "Hi"), turn("assistant", "Hello!", weight=1), turn("user", "Insult me"), turn("assistant", "You idiot.", weight=0)]},
+        {"messages": [turn("user", "2+2?"), turn("assistant", "5", weight=0)]},
+        {"messages": [turn("user", "Capital of France?"), turn("assistant", "Paris.")]},
+    ]
+    path = tmp_path / "openai.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, accounting = to_sft_examples(load_rows(str(path)), str(path))
+    completions = [e["completion"][-1]["content"] for e in examples]
+    assert completions == ["Hello!", "Paris."]  # cut back to the last weighted answer; no weight-0 answer is learned
+    assert all("You idiot." not in json.dumps(e) for e in examples)
+    assert accounting.rows_read == 3 and accounting.dropped == {"weight_zero": 1}

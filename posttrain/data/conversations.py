@@ -29,7 +29,7 @@ from posttrain.data.units import Demo, Dropped, Pair, Rated, Unit, Vote
 from posttrain.errors import DataError
 
 # Reasons a row drops even with on_error: fail: valid data that posttrain does not train on.
-ALWAYS_DROPPED = frozenset({f.TOOL_CALLS})
+ALWAYS_DROPPED = frozenset({f.TOOL_CALLS, f.WEIGHT_ZERO})
 
 
 @dataclass
@@ -153,7 +153,8 @@ def _reply_field(row: dict) -> str:
 
 
 def read_messages(row: dict, location: str) -> list[Unit]:
-    conversation = f.messages(f.require(row, "messages", location), location, "messages")
+    raw = f.trained_turns(f.require(row, "messages", location), location, "messages")
+    conversation = f.messages(raw, location, "messages")
     return [_demo_from_conversation(conversation, location, "messages")]
 
 

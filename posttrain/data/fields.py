@@ -66,6 +66,30 @@ def _content(value, location: str, field: str) -> str:
 
 
 TOOL_CALLS = "tool_calls_unsupported"
+WEIGHT_ZERO = "weight_zero"  # OpenAI fine-tuning files: every assistant message says `weight: 0` (do not train on it)
+
+
+def trained_turns(value: list, location: str, field: str) -> list:
+    """OpenAI's per-message `weight` (0: do not train on this assistant message). posttrain trains on
+    a conversation's last assistant message, so a conversation is cut back to its last assistant
+    message whose weight is not 0; when every assistant message has weight 0 nothing is meant to be
+    learned and the row is dropped as `weight_zero`, whatever `on_error` says."""
+    if not isinstance(value, list) or not any(isinstance(m, dict) and "weight" in m for m in value):
+        return value
+    last_trained = None
+    for n, message in enumerate(value):
+        if not isinstance(message, dict) or "weight" not in message:
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                last_trained = n
+            continue
+        if message["weight"] not in (0, 1) or isinstance(message["weight"], bool):
+            raise RowError(location, f"is {message['weight']!r}; OpenAI's message weight is 0 (do not train) or 1", "bad_value", f"{field}[{n}].weight")
+        if message["weight"] == 1:
+            last_trained = n
+    if last_trained is None:
+        raise RowError(location, "marks every assistant message weight: 0, so there is nothing to train on; "
+                                 "the row is dropped as weight_zero", WEIGHT_ZERO, field)
+    return value[: last_trained + 1]
 # Keys that make an assistant message a tool call: OpenAI's `tool_calls`, its older `function_call`.
 _TOOL_CALL_KEYS = ("tool_calls", "function_call")
 
