@@ -1,7 +1,9 @@
 """The model store: the one place that resolves a model's name, loads it and saves it.
 
 `resolve(name)` is the only resolver from a name to a `ModelRef`, in this order:
-  1. `base`: the recipe's starting model (`builtin:<name>`, a local directory or a hub id);
+  1. `base`: the recipe's starting model (`builtin:<name>`, a local directory, a hub id, or a
+     `.gguf` file, also as `package:<pkg>/<file>`: imported once per run directory into
+     `<run>/.imported/<stem>/` by posttrain.gguf_import, so its location is that directory);
   2. a stage of this run's plan (registered by the pipeline with its role and fingerprint):
      `<run>/<stage>/model/`;
   3. a committed model of an earlier stage in this run directory (for tools and tests that
@@ -22,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from dataclasses import dataclass
 
+from posttrain import gguf_import
 from posttrain.atomic import atomic_directory, is_committed
 from posttrain.errors import PosttrainError, StageError
 from posttrain.run_layout import RunLayout
@@ -73,6 +76,13 @@ class ModelStore:
         self.seed = seed
         self.chat_template = chat_template  # Jinja text applied to the base's tokenizer (None: keep the model's)
         self._stages: dict[str, tuple[Role, str]] = {}  # this run's model stages: name -> (role, fingerprint)
+        self._gguf: Path | None = gguf_import.gguf_file(base)  # a .gguf base (package: resolved), else None
+        self._gguf_ready = False  # imported (or found imported) by this store
+
+    @property
+    def imported_dir(self) -> Path | None:
+        """Where a .gguf base is imported to (None for any other base)."""
+        return self.layout.imported_dir(self._gguf.stem) if self._gguf is not None else None
 
     @property
     def run_dir(self) -> Path:
@@ -80,7 +90,9 @@ class ModelStore:
 
     @property
     def base_fingerprint(self) -> str:
-        identity = f"{self.base}|seed={self.seed}" + (f"|template={self.chat_template}" if self.chat_template is not None else "")
+        # A .gguf base is its content: moving the file or naming it through package: changes nothing.
+        base = f"gguf:{gguf_import.file_digest(self._gguf, self.imported_dir)}" if self._gguf is not None else self.base
+        identity = f"{base}|seed={self.seed}" + (f"|template={self.chat_template}" if self.chat_template is not None else "")
         return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     def register_stage(self, name: str, role: Role, fingerprint: str) -> None:
@@ -93,7 +105,8 @@ class ModelStore:
         if isinstance(name, ModelRef):
             return name
         if name == BASE:
-            return ModelRef(BASE, self.base, Role.POLICY, self.base_fingerprint)
+            location = str(self.imported_dir) if self._gguf is not None else gguf_import.base_path(self.base)
+            return ModelRef(BASE, location, Role.POLICY, self.base_fingerprint)
         directory = self.layout.model_dir(name)
         if name in self._stages:
             role, fingerprint = self._stages[name]
@@ -110,7 +123,15 @@ class ModelStore:
     def _source(self, ref: ModelRef) -> str:
         if ref.name in self._stages and not is_committed(Path(ref.location)):
             raise StageError(f"model '{ref.name}' has no committed checkpoint at {ref.location}; run its stage first")
+        if self._gguf is not None and ref.location == str(self.imported_dir):
+            self._import_base()
         return ref.location
+
+    def _import_base(self) -> None:
+        """A .gguf base becomes a model directory the first time it is loaded (reused after, while its content is the same)."""
+        if not self._gguf_ready:
+            gguf_import.ensure_imported(self._gguf, self.imported_dir, self.base)
+            self._gguf_ready = True
 
     # -- loading --------------------------------------------------------------
     def load_tokenizer(self, name: str | ModelRef) -> PreTrainedTokenizerBase:

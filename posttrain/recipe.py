@@ -18,6 +18,7 @@ from posttrain.errors import PosttrainError, RecipeError, did_you_mean
 from posttrain.release_gates import GateSpec, check_gates
 from posttrain.stage import BASE, PREVIOUS_POLICY, STAGE_DATA_PREFIX, Role, Stage, StageConfig
 from posttrain.stage_registry import get_stage
+from posttrain.training_settings import vocabulary_hint
 
 
 class ProfileSpec(BaseModel):
@@ -33,7 +34,7 @@ class RecipeSpec(BaseModel):
 
     name: str = Field(description="Run name; the run directory defaults to runs/<name>/.")
     description: str = ""
-    base: str = Field(description="Starting model: builtin:<name>, a local directory, or a hub id.")
+    base: str = Field(description="Starting model: builtin:<name>, a local directory, a hub id, or a .gguf file (a path or package:<pkg>/<file>).")
     seed: int = 0
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust the repository.")
     chat_template: str | None = Field(None, description="Chat template for the base model: unset keeps the model's; chatml, llama3, mistral, or a .jinja file.")
@@ -95,7 +96,18 @@ def _describe_validation_error(source: str, prefix: str, err: ValidationError, m
                 break
             owner = inner[0]
         allowed = _field_names(owner)
-        return f"{source}: {key}: unknown key{did_you_mean(loc[-1], allowed)}; allowed keys: {', '.join(allowed)}{more}"
+        # Another trainer's name for one of ours (per_device_train_batch_size, lr, bf16) says ours;
+        # a spelling slip gets the closest key; a TRL setting we do not name belongs in trainer_args.
+        hint = vocabulary_hint(loc[-1], allowed) or did_you_mean(loc[-1].replace("-", "_"), allowed)
+        if not hint and "trainer_args" in allowed:
+            hint = " (if it is a setting of the TRL trainer, put it under trainer_args: {...})"
+        return f"{source}: {key}: unknown key{hint}; allowed keys: {', '.join(allowed)}{more}"
+    if first["type"] == "posttrain_setting":  # our validators' messages are one line as they stand
+        # ctx key: the setting's path inside the model whose validator raised (a field's validator: loc ends in that field).
+        setting = first["ctx"]["key"]
+        owner_path = loc[:-1] if loc and loc[-1] == setting.split(".")[0] else loc
+        key = ".".join(p for p in [prefix, *owner_path, setting] if p)
+        return f"{source}: {key}: {first['ctx']['message']}{more}"
     if first["type"] == "missing":
         return f"{source}: {key}: required key is missing{more}"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r}){more}"
@@ -146,6 +158,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
     except ValidationError as e:
         raise RecipeError(_describe_validation_error(str(path), "", e, RecipeSpec)) from None
 
+    _check_base(path, spec)
     _check_chat_template(path, spec)
     profile = profile or spec.default_profile
     if profile is not None and profile not in spec.profiles:
@@ -250,6 +263,21 @@ class _Linker:
             check_source(source)
         except PosttrainError as e:
             raise RecipeError(f"{self.path}: {key}: {e}") from None
+
+
+def _check_base(path: Path, spec: RecipeSpec) -> None:
+    """A .gguf base (a path or package:<pkg>/<file>) is read now, header and metadata only: a missing,
+    truncated or non-GGUF file, or an architecture transformers cannot load, is one line before anything runs."""
+    from posttrain.chat_templates import BUILTIN_TEMPLATES
+    from posttrain.gguf_import import check_base_file
+
+    try:
+        header = check_base_file(spec.base)
+    except PosttrainError as e:
+        raise RecipeError(f"{path}: base: {e}") from None
+    if header is not None and spec.chat_template is None and not header.chat_template:
+        raise RecipeError(f"{path}: base '{spec.base}' has no chat template in its GGUF metadata; set chat_template: to one of "
+                          f"{', '.join(BUILTIN_TEMPLATES)} or a .jinja file (docs/recipes.md)")
 
 
 def _check_chat_template(path: Path, spec: RecipeSpec) -> None:

@@ -3,6 +3,7 @@
     <run>/
       .lock                 one run at a time (pipeline.RunLock)
       .builtin/             built-in base models, materialised once per seed
+      .imported/<stem>/     a .gguf base, de-quantized once into a model directory (posttrain.gguf_import)
       <stage>/stage.json    the stage's manifest: status, fingerprint, lineage, data, metrics
       <stage>/model/        a model stage's weights + tokenizer + chat template (committed atomically)
       <stage>/adapter/      LoRA stages: the adapter alone
@@ -43,6 +44,9 @@ class RunLayout:
 
     def builtin_dir(self, name: str) -> Path:
         return self.root / ".builtin" / name
+
+    def imported_dir(self, name: str) -> Path:
+        return self.root / ".imported" / name
 
     @property
     def results(self) -> Path:

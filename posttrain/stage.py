@@ -19,9 +19,12 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from posttrain import training_settings
 from posttrain.data.options import DataOptions
+from posttrain.training_settings import Precision, Tracker
 
 if TYPE_CHECKING:
     from posttrain.data.accounting import DataAccounting
@@ -85,6 +88,8 @@ class StageConfig(BaseModel):
 
 
 class LoraSettings(BaseModel):
+    """`lora:` of a training stage. `lora: true` is LoRA with these defaults; `lora: false` (or unset) trains all weights."""
+
     model_config = ConfigDict(extra="forbid")
 
     r: int = Field(8, gt=0, description="LoRA rank.")
@@ -94,13 +99,25 @@ class LoraSettings(BaseModel):
     load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base weights in 4-bit NF4 (bitsandbytes).")
 
 
+def setting_error(key: str, message: str) -> PydanticCustomError:
+    """A recipe-setting problem that is one line as it stands: posttrain.recipe prints `<file>: <stage>.<key>: <message>`."""
+    return PydanticCustomError("posttrain_setting", "{message}", {"message": message, "key": key})
+
+
 class TrainStageConfig(StageConfig):
     """Fields every training stage accepts (the common subset of TRL's trainer configs)."""
+
+    # What a stage kind declares about its trainer (set by the kind's Config subclass):
+    trl_config: ClassVar[str | None] = None  # its TRL config class, 'module:Class'; None: `trainer_args` does not apply
+    trl_fields: ClassVar[dict[str, str]] = {}  # TRL config fields the kind sets from its own keys -> that key
+    held_out_loss: ClassVar[bool] = False  # it computes a loss on `eval_share`/`eval_data` during training
+    held_out_hint: ClassVar[str] = ""  # why not, when it does not
 
     from_: str | None = Field(None, alias="from", description="Parent: 'base' or an earlier training stage. Default: the previous training stage.")
     data: str = Field(description="A data file (JSONL/JSON) or a built-in source such as builtin:assistant_world/sft.")
     data_options: DataOptions = Field(default_factory=DataOptions)
-    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights.")
+    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights: true (r=8, alpha=16, dropout 0, all-linear), "
+                                                        "a mapping of LoRA settings, or false/unset for all weights.")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
     learning_rate: float = Field(1e-4, gt=0)
@@ -111,12 +128,83 @@ class TrainStageConfig(StageConfig):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: str = Field("adamw_torch", description="Any transformers optimizer name (TrainingArguments.optim), e.g. adamw_torch_fused, adafactor, adamw_8bit.")
+    precision: Precision = Field("auto", description="auto: bf16 where the hardware computes in it natively (CUDA GPU, or a CPU with AVX512-BF16/AMX), "
+                                                     "else fp32; fp16 needs CUDA. The precision used is recorded in the stage's metrics.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory for more compute "
+                                                            "(transformers' activation_checkpointing).")
     logging_steps: int = Field(5, gt=0)
+    report_to: list[Tracker] = Field(default_factory=list, description="Experiment trackers: none, tensorboard, wandb, mlflow, trackio, or a list; "
+                                                                       "one tracker run per stage, named <run>/<stage>.")
+    eval_share: float | None = Field(None, gt=0, lt=1, description="Hold out this share of the stage's data (split by conversation) and log its loss (eval_loss) every eval_steps.")
+    eval_data: str | None = Field(None, description="A separate data source whose loss (eval_loss) is logged every eval_steps; read with the stage's data_options.")
+    eval_steps: int | None = Field(None, gt=0, description="Compute the held-out loss every N optimizer steps (default: logging_steps).")
+    trainer_args: dict[str, Any] = Field(default_factory=dict, description="Further fields of the stage's TRL config (SFTConfig, DPOConfig, ...), passed through; "
+                                                                           "checked against that class when the recipe loads.")
     save_steps: int = Field(50, ge=0, description="Commit a resumable checkpoint every N optimizer steps (0: never).")
     keep_checkpoints: int = Field(2, gt=0, description="Committed checkpoints kept; older ones are rotated out after a new one commits.")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="A NaN/inf loss or gradient stops the stage, or skips the step (up to max_skipped_steps).")
     max_skipped_steps: int = Field(10, ge=0)
     max_drop_share: float = Field(0.5, ge=0, le=1, description="Fail when more than this share of data rows is dropped.")
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_switch(cls, value):
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value):
+        trackers = [value] if isinstance(value, str) else value
+        if not isinstance(trackers, list):
+            return value  # pydantic says what type it wants
+        for tracker in trackers:
+            problem = training_settings.tracker_problem(tracker) if tracker in training_settings.TRACKER_PACKAGES else None
+            if problem:
+                raise setting_error("report_to", problem)
+        return [t for t in trackers if t != "none"]
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        # Runs only when a recipe sets `optimizer:` (it imports transformers' training arguments).
+        problem = training_settings.optimizer_problem(value)
+        if problem:
+            raise setting_error("optimizer", problem)
+        return value
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if not value:
+            return value
+        if cls.trl_config is None:
+            raise setting_error("trainer_args", f"stage kind '{info.data.get('kind')}' does not train with a TRL trainer, so trainer_args does not apply")
+        ours = [f.alias or name for name, f in cls.model_fields.items()]
+        for key in value:  # imports TRL: only recipes that use trainer_args pay for it
+            problem = training_settings.trainer_args_problem(str(key), cls.trl_config, cls.trl_fields, ours)
+            if problem:
+                raise setting_error(f"trainer_args.{key}", problem)
+        return value
+
+    @model_validator(mode="after")
+    def _held_out_loss(self):
+        if self.eval_share is not None and self.eval_data is not None:
+            raise setting_error("eval_data", "eval_share and eval_data are both set; hold out a share of data or name a separate file, not both")
+        asked = next((k for k in ("eval_share", "eval_data", "eval_steps") if getattr(self, k) is not None), None)
+        if asked and not self.held_out_loss:
+            raise setting_error(asked, f"stage kind '{self.kind}' computes no held-out loss during training{self.held_out_hint}")
+        if self.eval_steps is not None and self.eval_share is None and self.eval_data is None:
+            raise setting_error("eval_steps", "nothing to evaluate; set eval_share (e.g. 0.1) or eval_data (a file) too")
+        return self
+
+    @property
+    def evaluates_held_out(self) -> bool:
+        return self.eval_share is not None or self.eval_data is not None
 
 
 class PreferenceStageConfig(TrainStageConfig):
@@ -200,7 +288,8 @@ class TrainingStage(Stage):
 
     @classmethod
     def inputs(cls, config: TrainStageConfig) -> StageInputs:
-        return StageInputs(parent=config.from_ or PREVIOUS_POLICY, data=(config.data,))
+        # eval_data is read too: checked, fingerprinted and resolved (stage:<name>) like data.
+        return StageInputs(parent=config.from_ or PREVIOUS_POLICY, data=(config.data, *([config.eval_data] if config.eval_data else [])))
 
 
 class PreferenceStage(TrainingStage):
@@ -210,4 +299,4 @@ class PreferenceStage(TrainingStage):
     def prepare_data(cls, config: PreferenceStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
         from posttrain.data.training_data import preference_data
 
-        return preference_data(config, data_files)
+        return preference_data(config, data_files, seed=seed)

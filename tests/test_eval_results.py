@@ -307,3 +307,52 @@ def test_stage_summaries_from_manifests():
     assert json.loads(RunResults(recipe="r", stages={"sft": trained}).to_json())["stages"]["sft"]["role"] == "policy"
     # An evaluation read back from an older stage.json is converted like a version-1 results.json's.
     assert Evaluation.model_validate(manifest["evaluation"]).judge == "rm"
+
+
+def _other_align(results: dict) -> dict:
+    """The same recipe with another aligned model (as a run with a different DPO beta)."""
+    other = RunResults.from_dict(copy.deepcopy(results)).to_dict()
+    other["stages"]["align"]["fingerprint"] = "eeeeeeeeeeeeeeee"
+    other["evaluation"]["model_fingerprints"]["align"] = "eeeeeeeeeeeeeeee"
+    other["evaluation"]["models"]["align"]["world_skills"]["exact_match"] = 1.0
+    return other
+
+
+def test_compare_labels_runs_of_the_same_name_by_their_directories(tmp_path):
+    """Two run directories called `run` (the same recipe, run twice): both are shown, each labelled by
+    its parent directory, and a baseline can name either."""
+    first = _write_run(tmp_path / "a" / "run", _v1_results(), V1_REWARDS)
+    second = _write_run(tmp_path / "b" / "run", _other_align(_v1_results()), {**V1_REWARDS, "align": [0.1, 2.0]})
+    merged = compare_runs([first, second], tmp_path / "cmp")
+    assert merged.runs == {"a/run": str(first), "b/run": str(second)}
+    assert list(merged.evaluation.models) == ["a/run/base", "a/run/sft", "a/run/align", "b/run/align"]
+    assert merged.evaluation.compare_to == "a/run/sft"
+    assert merged.evaluation.same_models == {"b/run/base": "a/run/base", "b/run/sft": "a/run/sft"}
+    cross = merged.evaluation.win_rates["b/run/align_vs_a/run/sft"]  # across runs, from the per-sample rewards
+    assert (cross.wins, cross.ties, cross.losses) == (1, 0, 1)
+    assert merged.evaluation.models["b/run/align"].value("world_skills", "exact_match") == 1.0
+    assert "Δ b/run/align vs a/run/sft" in (tmp_path / "cmp" / "report.md").read_text()
+
+    against = compare_runs([first, second], tmp_path / "cmp2", baseline="b/run/align")
+    assert against.evaluation.compare_to == "b/run/align" and "a/run/align_vs_b/run/align" in against.evaluation.win_rates
+
+    # Parents of the same name too: as many parents as it takes.
+    deep = [_write_run(tmp_path / side / "exp" / "run", results, V1_REWARDS)
+            for side, results in (("x", _v1_results()), ("y", _other_align(_v1_results())))]
+    assert list(compare_runs(deep, tmp_path / "cmp3").runs) == ["x/exp/run", "y/exp/run"]
+
+
+def test_compare_refuses_a_run_compared_with_itself(tmp_path):
+    from conftest import run_cli
+
+    run = _write_run(tmp_path / "runs" / "tiny", _v1_results(), V1_REWARDS)
+    (tmp_path / "link").symlink_to(run)
+    for other, why in ((run, "named twice"), (tmp_path / "link", f"the same run as {run}")):
+        result = run_cli("compare", str(run), str(other), "-o", str(tmp_path / "cmp"))
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+            f"error: {other}: {why}; a run compared with itself shows nothing new: name each run once "
+            "(one run alone is fine: `posttrain compare RUN`)"]
+    assert not (tmp_path / "cmp").exists()
+    alone = run_cli("compare", str(run), "-o", str(tmp_path / "cmp"))
+    assert alone.returncode == 0, alone.stderr
+    assert list(load_results(tmp_path / "cmp" / "results.json").runs) == ["tiny"]

@@ -18,18 +18,22 @@ from posttrain.stage import Stage
 def _install_fake_distribution(site, kind: str) -> None:
     """What `pip install` of a plugin leaves behind: a module and a dist-info with entry points."""
     (site / "echo_stage.py").write_text(textwrap.dedent(f"""
-        from posttrain.stage import Stage, StageConfig, StageResult
+        import json
+
+        from posttrain.stage import Role, Stage, StageConfig, StageResult
 
         class EchoConfig(StageConfig):
             message: str
 
         class EchoStage(Stage):
             kind = "{kind}"
+            role = Role.DATA
             Config = EchoConfig
 
             def run(self, ctx):
                 ctx.stage_dir.mkdir(parents=True, exist_ok=True)
                 (ctx.stage_dir / "echo.txt").write_text(ctx.config.message)
+                ctx.data_output.write_text(json.dumps({{"text": ctx.config.message}}) + "\\n")
                 return StageResult(metrics={{"chars": len(ctx.config.message)}})
     """))
     dist = site / "echo_stage-0.1.dist-info"
@@ -54,6 +58,7 @@ def test_stage_from_another_package_runs_in_a_recipe(tmp_path, write_recipe):
     assert (out / "hello" / "echo.txt").read_text() == "hi there"
     manifest = json.loads((out / "hello" / "stage.json").read_text())
     assert manifest["status"] == "completed" and manifest["kind"] == "echo" and manifest["metrics"] == {"chars": 8}
+    assert manifest["role"] == "data" and json.loads((out / "hello" / "data.jsonl").read_text()) == {"text": "hi there"}
 
     assert run_cli("validate", str(recipe)).returncode == 2  # without the plugin installed, the kind is unknown
 

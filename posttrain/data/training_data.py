@@ -22,7 +22,7 @@ from pathlib import Path
 
 from posttrain.data.accounting import DataAccounting
 from posttrain.data.conversations import conversation_units
-from posttrain.data.filters import conversation_key, filtered_units
+from posttrain.data.filters import conversation_key, filtered_units, split_by_conversation
 from posttrain.data.kto_examples import build_kto, class_weights
 from posttrain.data.options import DataOptions
 from posttrain.data.preference_pairs import build_pairs
@@ -102,33 +102,61 @@ def to_prompts(rows: list[dict], source: str, tokenizer=None, **options) -> tupl
 # ---- from a stage's config (Stage.prepare_data) --------------------------------------------------
 
 
-def _stage_rows(config, data_files: dict[str, Path]) -> tuple[list[dict], dict]:
+def _stage_rows(config, data_files: dict[str, Path], source: str | None = None) -> tuple[list[dict], dict]:
     options = config.data_options.model_dump()
-    return load_rows(config.data, options["on_error"], data_files), options
+    return load_rows(source or config.data, options["on_error"], data_files), options
 
 
-def sft_data(config, data_files: dict[str, Path]) -> PreparedData:
-    """An SFT stage's examples."""
+def _held_out(config, data_files: dict[str, Path], seed: int, prepared: PreparedData, convert) -> PreparedData:
+    """Add the examples a stage computes its held-out loss on (`eval_share` or `eval_data`) to `prepared`:
+    extras["eval_examples"]. eval_share splits the examples already built, by conversation (no prompt on
+    both sides), so the file is read once; eval_data is converted like `data`, with the same options.
+    `convert(rows, source, options)` -> (examples, accounting). Configs without these keys pass through."""
+    share, source = getattr(config, "eval_share", None), getattr(config, "eval_data", None)
+    accounting = prepared.accounting
+    if share is not None:
+        train, held = split_by_conversation(prepared.examples, share, seed)
+        if not train or not held:
+            raise DataError(f"{config.data}: {len(prepared.examples)} examples are too few to hold out eval_share={share} "
+                            f"by conversation ({len(train)} would train, {len(held)} evaluate); use more data or another share")
+        accounting.examples_used = len(train)
+        accounting.details["eval_examples"] = len(held)
+        return PreparedData(train, accounting, {**prepared.extras, "eval_examples": held})
+    if source is not None:
+        rows, options = _stage_rows(config, data_files, source)
+        held, held_accounting = convert(rows, source, options)
+        accounting.details["eval_data"] = held_accounting.to_dict()
+        return PreparedData(prepared.examples, accounting, {**prepared.extras, "eval_examples": held})
+    return prepared
+
+
+def sft_data(config, data_files: dict[str, Path], seed: int = 0) -> PreparedData:
+    """An SFT stage's examples (and its held-out examples, extras["eval_examples"], when it asks for a held-out loss)."""
     rows, options = _stage_rows(config, data_files)
     examples, accounting = to_sft_examples(rows, config.data, **options)
     accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return PreparedData(examples, accounting)
+    return _held_out(config, data_files, seed, PreparedData(examples, accounting),
+                     lambda rows, source, options: to_sft_examples(rows, source, **options))
 
 
-def preference_data(config, data_files: dict[str, Path]) -> PreparedData:
-    """A preference stage's pairs (dpo, orpo, reward_model), capped at its `max_pairs_per_prompt`."""
+def preference_data(config, data_files: dict[str, Path], seed: int = 0) -> PreparedData:
+    """A preference stage's pairs (dpo, orpo, reward_model), capped at its `max_pairs_per_prompt`
+    (and held-out pairs, extras["eval_examples"], when it asks for a held-out loss)."""
     rows, options = _stage_rows(config, data_files)
     pairs, accounting = to_preference_pairs(rows, config.data, config.max_pairs_per_prompt, **options)
     accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return PreparedData(pairs, accounting)
+    return _held_out(config, data_files, seed, PreparedData(pairs, accounting),
+                     lambda rows, source, options: to_preference_pairs(rows, source, config.max_pairs_per_prompt, **options))
 
 
-def kto_data(config, data_files: dict[str, Path]) -> PreparedData:
-    """A KTO stage's examples; extras["weights"]: {"desirable_weight", "undesirable_weight"} balancing the classes."""
+def kto_data(config, data_files: dict[str, Path], seed: int = 0) -> PreparedData:
+    """A KTO stage's examples; extras["weights"]: {"desirable_weight", "undesirable_weight"} balancing the classes
+    (and extras["eval_examples"] when it asks for a held-out loss)."""
     rows, options = _stage_rows(config, data_files)
     examples, accounting, weights = to_kto_examples(rows, config.data, **options)
     accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return PreparedData(examples, accounting, {"weights": weights})
+    return _held_out(config, data_files, seed, PreparedData(examples, accounting, {"weights": weights}),
+                     lambda rows, source, options: to_kto_examples(rows, source, **options)[:2])
 
 
 def prompt_data(config, data_files: dict[str, Path]) -> PreparedData:

@@ -11,7 +11,8 @@ import functools
 import logging
 from dataclasses import asdict, dataclass
 
-from posttrain.eval.suites import lm_eval_task_config, load_task_spec, local_tasks
+from posttrain.eval.registry import task_manager_for
+from posttrain.eval.suites import find_tasks, lm_eval_task_config, load_task_spec
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,19 @@ def _quiet_lm_eval():
         logger.setLevel(level)
 
 
-def evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettings) -> dict:
-    """Scores per task: {task: {metric: value, metric_stderr: value, n: count}} and per-document samples."""
+def evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettings, task_paths=()) -> dict:
+    """Scores per task: {task: {metric: value, metric_stderr: value, n: count}} and per-document samples.
+    `task_paths`: directories of the user's own suites and lm-eval task YAMLs (lm-eval's include path)."""
     with _quiet_lm_eval():
-        return _evaluate_model(model, tokenizer, task_names, settings)
+        return _evaluate_model(model, tokenizer, task_names, settings, task_paths)
 
 
-def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettings) -> dict:
+def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSettings, task_paths=()) -> dict:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    local = local_tasks()
+    files = find_tasks(task_paths)
+    local = files.suites
     stop = [tokenizer.eos_token] if tokenizer.eos_token else []
     tasks = [
         lm_eval_task_config(load_task_spec(local[name]), settings.max_new_tokens, stop) if name in local else name
@@ -79,8 +81,9 @@ def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSetti
     output = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,
-        # Indexing lm-eval's ~10k built-in tasks takes seconds; skip it when all tasks are ours.
-        task_manager=TaskManager(include_defaults=not only_local),
+        # Indexing lm-eval's ~15k built-in tasks takes ~30 s: skipped when every task is ours, and
+        # built once per process otherwise (validating the recipe already did).
+        task_manager=task_manager_for(task_names, files),
         num_fewshot=settings.num_fewshot if not only_local else None,
         apply_chat_template=settings.apply_chat_template,
         system_instruction=settings.system_prompt,

@@ -11,14 +11,16 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from posttrain.atomic import write_text_atomic
-from posttrain.errors import StageError, did_you_mean
+from posttrain.errors import RecipeError, StageError
 from posttrain.eval.harness import EvalSettings, evaluate_model
-from posttrain.eval.suites import local_tasks, metric_info, tasks_digest
+from posttrain.eval.registry import check_task_names
+from posttrain.eval.suites import find_tasks, lm_eval_declared_metrics, metric_info, tasks_digest
 from posttrain.eval.winrate import win_rate
 from posttrain.release_gates import MEAN_REWARD, WIN_RATE_METRICS
 from posttrain.results import (REWARD_METRIC, REWARD_TASK, CacheStats, Evaluation, Example, ModelScores, Response, Sample, TaskScores,
@@ -28,9 +30,28 @@ from posttrain.stage import BASE, Role, Stage, StageConfig, StageContext, StageI
 BENCHMARK_GROUP = "benchmarks"  # the report's group for lm-eval tasks
 
 
+def _one_line(err: RecipeError) -> PydanticCustomError:
+    """A task problem as a pydantic error: the recipe names the file and key, and prints it as one line."""
+    return PydanticCustomError("eval_task", str(err))  # no context: the message is not a template
+
+
+def _check_task(name: str, info: ValidationInfo) -> str:
+    """Each task name when the recipe is validated, against every task it could be (see `check_task_names`)."""
+    if "task_paths" in info.data:  # else task_paths failed, and that is the error to show
+        try:
+            check_task_names([name], info.data["task_paths"])
+        except RecipeError as e:
+            raise _one_line(e) from None
+    return name
+
+
 class EvalStageConfig(StageConfig):
     models: Literal["all"] | list[str] = Field("all", description="Models to evaluate: 'all' (base and every training stage) or a list of names.")
-    tasks: list[str] = Field(min_length=1, description="Local suite task names (eval/tasks/) or lm-eval task names (online).")
+    task_paths: list[Path] = Field(default_factory=list, description=(
+        "Directories of your own tasks (relative to the current directory): posttrain suites (YAML + JSONL, as in "
+        "eval/tasks/) and lm-eval task YAMLs (lm-eval's include path)."))
+    tasks: list[Annotated[str, AfterValidator(_check_task)]] = Field(min_length=1, description=(
+        "Task names: shipped suites (eval/tasks/), suites and lm-eval YAMLs under task_paths, or lm-eval's registered tasks."))
     max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(32, gt=0)
     system_prompt: str | None = None
@@ -42,15 +63,14 @@ class EvalStageConfig(StageConfig):
     examples_per_task: int = Field(3, ge=0, description="Held-out prompts per task shown side by side in the report (the first N, so every run shows the same).")
     cache: bool = Field(True, description="Serve an unchanged model (same fingerprint, tasks and settings) from <stage>/cache/.")
 
-    @field_validator("tasks")
+    @field_validator("task_paths")
     @classmethod
-    def _known_local_or_hub(cls, tasks: list[str]) -> list[str]:
-        local = local_tasks()
-        for name in tasks:
-            # Anything else must be an lm-eval task, which needs the hub for its data.
-            if name not in local and did_you_mean(name, local):
-                raise ValueError(f"'{name}' is not a local task{did_you_mean(name, local)}")
-        return tasks
+    def _task_directories(cls, task_paths: list[Path]) -> list[Path]:
+        try:
+            find_tasks(task_paths)  # each a directory; every YAML in it readable; no name defined twice
+        except RecipeError as e:
+            raise _one_line(e) from None
+        return task_paths
 
 
 def _ordered_samples(samples: dict) -> list[dict]:
@@ -76,12 +96,14 @@ class EvalStage(Stage):
 
     @classmethod
     def fingerprint_inputs(cls, config: EvalStageConfig) -> dict:
-        return {"tasks": tasks_digest(config.tasks)}
+        return {"tasks": tasks_digest(config.tasks, config.task_paths)}
 
     @classmethod
     def measured_metrics(cls, config: EvalStageConfig) -> list[str]:
-        """Local suites' metrics, and the reward model's when one judges (lm-eval tasks' are known only after they run)."""
-        names = [f"{task}/{metric}" for task, metrics in metric_info(config.tasks).items() for metric in metrics]
+        """Suites' metrics (shipped and under task_paths), the metrics an lm-eval YAML under task_paths lists, and the
+        reward model's when one judges (a registered lm-eval task's are known only after it runs)."""
+        declared = {**metric_info(config.tasks, config.task_paths), **lm_eval_declared_metrics(config.tasks, find_tasks(config.task_paths))}
+        names = [f"{task}/{metric}" for task in config.tasks for metric in declared.get(task, ())]
         return names + ([MEAN_REWARD, *WIN_RATE_METRICS] if config.reward_model else [])
 
     @staticmethod
@@ -107,7 +129,8 @@ class EvalStage(Stage):
         entry = cache.load(key) if key else None
         hit = entry is not None
         if entry is None:
-            result = evaluate_model(ctx.store.load_model(model), ctx.store.load_tokenizer(model), ctx.config.tasks, settings)
+            result = evaluate_model(ctx.store.load_model(model), ctx.store.load_tokenizer(model), ctx.config.tasks, settings,
+                                    ctx.config.task_paths)
             entry = {"model": model.name, "model_fingerprint": model.fingerprint, **result, "rewards": {}}
         judged = scorer is None or judge_id in entry["rewards"]
         if not judged:  # stored generations, new judge: score them without generating again
@@ -129,7 +152,7 @@ class EvalStage(Stage):
         if config.cache:
             from posttrain.eval.cache import EvalCache
 
-            cache = EvalCache(ctx.stage_dir / "cache", tasks_digest(config.tasks), settings.to_dict())
+            cache = EvalCache(ctx.stage_dir / "cache", tasks_digest(config.tasks, config.task_paths), settings.to_dict())
 
         entries, samples, template_fingerprints, hits = {}, {}, {}, []
         evaluated = ctx.inputs.evaluated
@@ -160,7 +183,7 @@ class EvalStage(Stage):
             settings=settings_record,
             tasks=config.tasks,
             higher_is_better=self._higher_is_better(config.tasks, entries),
-            groups=self._groups(config.tasks),
+            groups=self._groups(config.tasks, config.task_paths),
             models=models,
             compare_to=config.compare_to if config.compare_to in entries else None,
             judge=config.reward_model,
@@ -182,8 +205,8 @@ class EvalStage(Stage):
         return {task: merged[task] for task in tasks if task in merged}
 
     @staticmethod
-    def _groups(tasks: list[str]) -> dict:
-        local = metric_info(tasks)
+    def _groups(tasks: list[str], task_paths=()) -> dict:
+        local = metric_info(tasks, task_paths)
         return {task: {m: info["group"] for m, info in local[task].items()} if task in local else {"*": BENCHMARK_GROUP}
                 for task in tasks}
 

@@ -1,7 +1,8 @@
 """`posttrain compare RUN ...`: one report across finished runs, e.g. internal vs public, DPO vs PPO.
 
-The runs' results become one `RunResults` whose models are named `run/model`, rendered by
-the same report code as a single run. Runs evaluated with different settings are refused
+The runs' results become one `RunResults` whose models are named `run/model` (`run`: the
+directory's name, with as many parents as it takes to tell the runs apart; a run named twice is
+refused), rendered by the same report code as a single run. Runs evaluated with different settings are refused
 (the comparison would not be fair) unless explicitly allowed, and then marked. Win rates
 against the baseline are recomputed across runs from the stored per-sample rewards when
 both sides were judged by the same reward model (same fingerprint) on the same prompts;
@@ -11,7 +12,7 @@ otherwise each run's own win rates are shown.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from posttrain.errors import PosttrainError
 from posttrain.eval.winrate import win_rate
@@ -47,13 +48,30 @@ def load_run(run_dir: Path) -> RunResults:
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
-    """Short unique names for the runs: the directory name, with its parent when names collide."""
-    labels = [Path(d).resolve().name for d in run_dirs]
-    if len(set(labels)) < len(labels):
-        labels = [f"{Path(d).resolve().parent.name}/{Path(d).resolve().name}" for d in run_dirs]
-    if len(set(labels)) < len(labels):
-        labels = [f"{label}#{i + 1}" for i, label in enumerate(labels)]
-    return labels
+    """Short unique names for the runs: the directory's name, with as many of its parents as it takes to tell
+    the runs apart (`a/run`, `b/run`). A run named twice is refused: compared with itself it shows nothing new."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    first: dict[Path, Path] = {}
+    for given, path in zip(run_dirs, paths):
+        if path in first:
+            same = "named twice" if Path(first[path]) == Path(given) else f"the same run as {first[path]}"
+            raise PosttrainError(f"{given}: {same}; a run compared with itself shows nothing new: name each run once "
+                                 "(one run alone is fine: `posttrain compare RUN`)")
+        first[path] = given
+    depth = 1
+    while True:
+        labels = [str(PurePosixPath(*path.parts[-depth:])) for path in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+        depth += 1
+
+
+def split_name(name: str, runs) -> tuple[str, str]:
+    """`run/model` -> (run label, model); a label may itself hold a '/' (`a/run/sft`), so it is matched, not split."""
+    label = max((label for label in runs if name.startswith(f"{label}/")), key=len, default=None)
+    if label is None:
+        raise PosttrainError(f"{name}: not a model of these runs (models are named RUN/MODEL, runs: {', '.join(runs)})")
+    return label, name[len(label) + 1:]
 
 
 def judged_samples(run_dir: Path, results: RunResults, model: str) -> list[Sample] | None:
@@ -71,7 +89,7 @@ def _win_rates(runs: Runs, aliases: dict, baseline: str | None) -> dict[str, Win
     every model judged by the same reward model on the same prompts, from the per-sample rewards."""
     if baseline is None:
         return {}
-    base_label, _, base_model = baseline.partition("/")
+    base_label, base_model = split_name(baseline, runs)
     base_dir, base_results = runs[base_label]
     base_samples = judged_samples(base_dir, base_results, base_model)
     judge = base_results.evaluation.judge_fingerprint

@@ -17,6 +17,10 @@ from posttrain.stage import PreferenceStage, PreferenceStageConfig, Role, StageC
 
 
 class RewardModelStageConfig(PreferenceStageConfig):
+    trl_config = "trl:RewardConfig"
+    trl_fields = {"center_rewards_coefficient": "center_rewards_coefficient"}
+    held_out_hint = ": it already holds out pairs (held_out_share) and records their accuracy after training"
+
     held_out_share: float = Field(0.2, gt=0, lt=1, description="Share of prompts held out for evaluation (split by prompt).")
     center_rewards_coefficient: float | None = Field(None, ge=0, description="Pull rewards towards zero mean (TRL).")
 
@@ -34,7 +38,7 @@ class RewardModelStage(PreferenceStage):
         from posttrain.errors import DataError
         from posttrain.reward.evaluation import evaluate_pairs
         from posttrain.reward.scorer import RewardScorer
-        from posttrain.training import callbacks, load_trainable_model, curves_from_log, final_metrics, save_stage_model, train, trainer_arguments
+        from posttrain.training import callbacks, curves_from_log, final_metrics, load_trainable_model, precision_used, save_stage_model, train, trainer_config
 
         config: RewardModelStageConfig = ctx.config
         pairs, accounting = ctx.data.examples, ctx.data.accounting
@@ -47,8 +51,7 @@ class RewardModelStage(PreferenceStage):
         if config.lora:
             lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                               target_modules=config.lora.target_modules, task_type="SEQ_CLS", modules_to_save=["score"])
-        args = RewardConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed),
-                            center_rewards_coefficient=config.center_rewards_coefficient)
+        args = trainer_config(ctx, RewardConfig, center_rewards_coefficient=config.center_rewards_coefficient)
         trainer = RewardTrainer(
             model=load_trainable_model(ctx, head="reward"),
             args=args,
@@ -62,5 +65,5 @@ class RewardModelStage(PreferenceStage):
 
         # Evaluate what was saved, not what is in memory: a lost score head shows up here.
         report = evaluate_pairs(RewardScorer.from_directory(model_dir), held_out)
-        metrics = final_metrics(history) | report | {"train_pairs": len(train_pairs)}
+        metrics = final_metrics(history) | report | {"train_pairs": len(train_pairs), "precision": precision_used(trainer.args)}
         return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)

@@ -15,6 +15,9 @@ from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult
 
 
 class CriticFreeStageConfig(TrainStageConfig):
+    trl_fields = {"num_generations": "num_generations", "max_completion_length": "max_new_tokens", "temperature": "temperature", "beta": "beta"}
+    held_out_hint = ": its curves are the rewards of its own samples"
+
     reward_model: str = Field(description="The reward_model stage (or reward model directory) that scores responses.")
     min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
     num_generations: int = Field(4, ge=2, description="Responses sampled per prompt (the group); batch_size must be a multiple of it.")
@@ -50,7 +53,7 @@ def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult
     from datasets import Dataset
 
     from posttrain.reward.scorer import gated_scorer
-    from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
+    from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_config
 
     config: CriticFreeStageConfig = ctx.config
     scorer = gated_scorer(Path(ctx.inputs.judge.location), config.min_reward_accuracy, who=f"stage '{ctx.name}'")
@@ -59,10 +62,8 @@ def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult
         return scorer.score([p + c for p, c in zip(prompts, completions)])
 
     # GRPO/RLOO configs take no max_length or dataset_num_proc; prompts are short here.
-    common = {k: v for k, v in trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed).items()
-              if k not in ("max_length", "dataset_num_proc")}
-    args = config_cls(**common, num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
-                      temperature=config.temperature, beta=config.beta)
+    args = trainer_config(ctx, config_cls, drop=("max_length", "dataset_num_proc"), num_generations=config.num_generations,
+                          max_completion_length=config.max_new_tokens, temperature=config.temperature, beta=config.beta)
     tokenizer = ctx.store.load_tokenizer(ctx.parent)
     trainer = trainer_cls(
         model=load_trainable_model(ctx),

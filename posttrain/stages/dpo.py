@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 
 class DPOStageConfig(PreferenceStageConfig):
+    trl_config = "trl:DPOConfig"
+    trl_fields = {"beta": "beta", "loss_type": "loss_type", "loss_weights": "sft_weight", "label_smoothing": "label_smoothing",
+                  "precompute_ref_log_probs": "precompute_ref_log_probs"}
+    held_out_loss = True
+
     beta: float = Field(0.1, gt=0, description="Strength of the KL pull towards the reference (must be > 0).")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss variant.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (robust / cDPO).")
@@ -48,7 +53,7 @@ class DPOStage(PreferenceStage):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, peft_config, trainer_arguments
+        from posttrain.training import callbacks, eval_dataset, load_trainable_model, peft_config, trainer_config
 
         config: DPOStageConfig = ctx.config
 
@@ -60,8 +65,8 @@ class DPOStage(PreferenceStage):
         use_adapter_as_reference = config.lora is not None and reference == ctx.parent
         ref_model = None if use_adapter_as_reference else ctx.store.load_model(reference)
 
-        args = DPOConfig(
-            **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed),
+        args = trainer_config(
+            ctx, DPOConfig,
             beta=config.beta,
             loss_type=[config.loss_type] + (["sft"] if config.sft_weight else []),
             loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
@@ -73,6 +78,7 @@ class DPOStage(PreferenceStage):
             ref_model=ref_model,
             args=args,
             train_dataset=Dataset.from_list(ctx.data.examples),
+            eval_dataset=eval_dataset(ctx),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from posttrain.rl.critic_free import CriticFreeStage
+from posttrain.rl.critic_free import CriticFreeStage, CriticFreeStageConfig
+
+
+class GRPOStageConfig(CriticFreeStageConfig):
+    trl_config = "trl:GRPOConfig"
 
 
 class GRPOStage(CriticFreeStage):
     kind = "grpo"
+    Config = GRPOStageConfig
     trl_classes = ("GRPOTrainer", "GRPOConfig")

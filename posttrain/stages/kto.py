@@ -16,6 +16,10 @@ from posttrain.stage import PreparedData, StageContext, StageResult, TrainingSta
 
 
 class KTOStageConfig(TrainStageConfig):
+    trl_config = "trl:KTOConfig"
+    trl_fields = {"beta": "beta", "desirable_weight": "desirable_weight", "undesirable_weight": "undesirable_weight"}
+    held_out_loss = True
+
     beta: float = Field(0.1, gt=0, description="Strength of the KL pull towards the reference (must be > 0).")
     desirable_weight: float | None = Field(None, gt=0, description="Loss weight of thumbs-up examples (default: from the class balance).")
     undesirable_weight: float | None = Field(None, gt=0, description="Loss weight of thumbs-down examples (default: from the class balance).")
@@ -29,13 +33,13 @@ class KTOStage(TrainingStage):
     def prepare_data(cls, config: KTOStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
         from posttrain.data.training_data import kto_data
 
-        return kto_data(config, data_files)
+        return kto_data(config, data_files, seed=seed)
 
     def run(self, ctx: StageContext) -> StageResult:
         from datasets import Dataset
         from trl import KTOConfig, KTOTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
+        from posttrain.training import callbacks, eval_dataset, load_trainable_model, peft_config, train_and_save, trainer_config
 
         config: KTOStageConfig = ctx.config
         balance = ctx.data.extras["weights"]
@@ -44,13 +48,14 @@ class KTOStage(TrainingStage):
             "undesirable_weight": config.undesirable_weight or balance["undesirable_weight"],
         }
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
-        args = KTOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed), beta=config.beta, **weights)
+        args = trainer_config(ctx, KTOConfig, beta=config.beta, **weights)
         trainer = KTOTrainer(
             model=load_trainable_model(ctx),
             # LoRA: the reference is the parent with the adapter disabled (no second copy).
             ref_model=None if config.lora else ctx.store.load_model(ctx.parent),
             args=args,
             train_dataset=Dataset.from_list(ctx.data.examples),
+            eval_dataset=eval_dataset(ctx),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),

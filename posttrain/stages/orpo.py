@@ -12,6 +12,10 @@ from posttrain.stage import PreferenceStage, PreferenceStageConfig, StageContext
 
 
 class ORPOStageConfig(PreferenceStageConfig):
+    trl_config = "trl.experimental.orpo:ORPOConfig"
+    trl_fields = {"beta": "beta"}
+    held_out_loss = True
+
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio preference term against the NLL term (lambda in the paper).")
 
 
@@ -23,15 +27,16 @@ class ORPOStage(PreferenceStage):
         from datasets import Dataset
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
+        from posttrain.training import callbacks, eval_dataset, load_trainable_model, peft_config, train_and_save, trainer_config
 
         config: ORPOStageConfig = ctx.config
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
-        args = ORPOConfig(**trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed), beta=config.beta)
+        args = trainer_config(ctx, ORPOConfig, beta=config.beta)
         trainer = ORPOTrainer(
             model=load_trainable_model(ctx),
             args=args,
             train_dataset=Dataset.from_list(ctx.data.examples),
+            eval_dataset=eval_dataset(ctx),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from posttrain.rl.critic_free import CriticFreeStage
+from posttrain.rl.critic_free import CriticFreeStage, CriticFreeStageConfig
+
+
+class RLOOStageConfig(CriticFreeStageConfig):
+    trl_config = "trl:RLOOConfig"
 
 
 class RLOOStage(CriticFreeStage):
     kind = "rloo"
+    Config = RLOOStageConfig
     trl_classes = ("RLOOTrainer", "RLOOConfig")

@@ -13,7 +13,9 @@ from posttrain.stage import PreparedData, StageContext, StageResult, TrainingSta
 
 
 class SFTStageConfig(TrainStageConfig):
-    pass
+    trl_config = "trl:SFTConfig"
+    trl_fields = {"completion_only_loss": "SFT trains on the assistant's reply only (prompt/completion examples)"}
+    held_out_loss = True
 
 
 class SFTStage(TrainingStage):
@@ -24,28 +26,25 @@ class SFTStage(TrainingStage):
     def prepare_data(cls, config: SFTStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
         from posttrain.data.training_data import sft_data
 
-        return sft_data(config, data_files)
+        return sft_data(config, data_files, seed=seed)
 
     def run(self, ctx: StageContext) -> StageResult:
         # Training libraries load here, not at import: `validate` and `plan` stay fast.
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_arguments
+        from posttrain.training import callbacks, eval_dataset, load_trainable_model, peft_config, train_and_save, trainer_config
 
         config: SFTStageConfig = ctx.config
 
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
         model = load_trainable_model(ctx)
-        args = SFTConfig(
-            **trainer_arguments(config, ctx.stage_dir / "trainer", ctx.seed),
-            completion_only_loss=True,
-            packing=False,
-        )
+        args = trainer_config(ctx, SFTConfig, completion_only_loss=True, packing=False)
         trainer = SFTTrainer(
             model=model,
             args=args,
             train_dataset=Dataset.from_list(ctx.data.examples),
+            eval_dataset=eval_dataset(ctx),
             processing_class=tokenizer,
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
