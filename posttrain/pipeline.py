@@ -202,6 +202,8 @@ class Pipeline:
                 self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
             plans = self.plan()
             if not all(p.cached for p in plans):
+                if self.store.imported_dir is not None and not is_committed(self.store.imported_dir):
+                    self.reporter.message(f"importing base {self.recipe.spec.base} into {self.store.imported_dir} (once per run directory; about a minute for 135M parameters on two cores)")
                 self.store.check_base_chat_template()
             # Data is prepared once per stage. Every data problem surfaces before the first step of
             # training, except in data that an earlier stage of this run writes: that is prepared

