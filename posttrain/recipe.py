@@ -232,12 +232,16 @@ class _Linker:
         for source in declared.data:
             self._check_data_source(f"{key}.{declared.keys['data']}", source)
 
+        for model in declared.models_read:  # further models it loads: base, an earlier policy stage, a directory or a hub id
+            self._check_model_read(f"{key}.{declared.keys['models_read']}", model, policies)
+
         if stage_cls.role is Role.EVALUATION and self._names(Role.EVALUATION):
             raise RecipeError(f"{path}: {key}: a profile has at most one evaluation stage ('{self._names(Role.EVALUATION)[0]}' is "
                               f"the other); gates, reports and compare read one; evaluate every model in one stage (models: all)")
 
         produced_by = [s.removeprefix(STAGE_DATA_PREFIX) for s in declared.data if s.startswith(STAGE_DATA_PREFIX)]
-        dependencies = [d for d in [parent, *evaluated, judge, *produced_by] if d is not None and (d == BASE or d in self.spec.stages)]
+        dependencies = [d for d in [parent, *evaluated, judge, *produced_by, *declared.models_read]
+                        if d is not None and (d == BASE or d in self.spec.stages)]
         self.planned.append(PlannedStage(name, config.kind, config, stage_cls, stage_cls.role, parent, evaluated, judge,
                                          list(declared.data), list(dict.fromkeys(dependencies))))
 
@@ -251,6 +255,40 @@ class _Linker:
         problem = not_a_reward_model(Path(judge))
         if problem:
             raise RecipeError(f"{self.path}: {key}: {problem}")
+
+    def _check_model_read(self, key: str, model: str, policies: list[str]) -> None:
+        """A further model a stage loads: `base` or an earlier policy stage (a dependency, so its fingerprint covers
+        it), a model directory, or a hub id (org/name; offline, it must be in the local hub cache)."""
+        import os
+        import re
+
+        from posttrain.gguf_import import is_gguf_name
+
+        if model == BASE or model in policies:
+            return
+        where = f"{self.path}: {key}: '{model}'"
+        if model in self.spec.stages:
+            raise RecipeError(f"{where} is not an earlier policy-training stage ({self._not_earlier(model, Role.POLICY)}); "
+                              f"choose from: {', '.join([BASE, *policies])}, a model directory or a hub id")
+        if is_gguf_name(model):
+            raise RecipeError(f"{where}: a .gguf file is loaded only as the recipe's base (`base:`); name `base`, an earlier "
+                              f"policy stage, a model directory or a hub id here")
+        path = Path(model)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise RecipeError(f"{where} is a directory but not a model (no config.json)")
+            return
+        if path.exists():
+            raise RecipeError(f"{where} is a file, not a model directory")
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model):
+            raise RecipeError(f"{where} is neither an earlier policy-training stage{did_you_mean(model, [BASE, *policies])}, a model "
+                              f"directory nor a hub id (org/name); stages: {', '.join([BASE, *policies])}")
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+                raise RecipeError(f"{where}: no such directory, and as a hub id it is not in the local hub cache (HF_HUB_OFFLINE=1); "
+                                  "download it once with HF_HUB_OFFLINE=0, or name a model directory")
 
     def _check_data_source(self, key: str, source: str) -> None:
         if source.startswith(STAGE_DATA_PREFIX):

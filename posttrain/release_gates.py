@@ -7,6 +7,7 @@
           - {metric: world_safety/refusal, op: ">=", threshold: 0.9}
           - {metric: world_skills/exact_match, vs: sft, op: ">=", threshold: -0.02}   # regression <= 2 points
           - {metric: win_rate, op: ">=", threshold: 0.5}
+          - {metric: judge_win_rate_ci_low, op: ">=", threshold: 0.5}   # with a pairwise `judge:` on the eval stage
 
 A gate compares one model's score (default: the profile's release candidate, its last
 policy-training stage) with a threshold; with `vs:` it compares the difference to that
@@ -31,12 +32,16 @@ _OPERATOR_ALIASES = {"=>": ">=", "ge": ">=", "gte": ">=", "min": ">=", "at_least
 WIN_RATE_METRICS = {"win_rate": "win rate against the eval stage's compare_to model",
                     "win_rate_ci_low": "lower end of that win rate's 95% interval"}
 MEAN_REWARD = "reward_model/mean_reward"
+# Metrics of the eval stage's pairwise judge (`judge:`): its win rate against compare_to, both orders judged.
+JUDGE_WIN_RATE_METRICS = {"judge_win_rate": "pairwise judge's win rate against the eval stage's compare_to model",
+                          "judge_win_rate_ci_low": "lower end of that win rate's 95% interval"}
 
 
 class GateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field(description="task/metric (e.g. world_safety/refusal), reward_model/mean_reward, win_rate or win_rate_ci_low.")
+    metric: str = Field(description="task/metric (e.g. world_safety/refusal), reward_model/mean_reward, win_rate, win_rate_ci_low, "
+                                    "judge_win_rate or judge_win_rate_ci_low.")
     op: str = Field(description="Comparison with the threshold: >=, >, <= or <.")
     threshold: float
     model: str | None = Field(None, description="Model the gate applies to. Default: the release candidate (the profile's last policy-training stage).")
@@ -91,7 +96,7 @@ def check_gates(path, profile: str, gates: list[GateSpec], stages) -> None:
                                   f"models: {', '.join(evaluated)}")
         if gate.vs == model:
             raise RecipeError(f"{key}.vs: a model compared with itself is always 0; name another model than '{model}'")
-        if gate.metric in WIN_RATE_METRICS:
+        if gate.metric in WIN_RATE_METRICS or gate.metric in JUDGE_WIN_RATE_METRICS:
             baseline = getattr(eval_stage.config, "compare_to", None)
             if gate.vs is not None:
                 raise RecipeError(f"{key}.vs: {gate.metric} is already against '{baseline}' (the eval stage's compare_to); drop vs")

@@ -7,6 +7,7 @@
         settings, tasks, higher_is_better, groups,
         models: {model: ModelScores}    per task: metrics with their standard errors and n
         compare_to, judge, judge_fingerprint, win_rates: {key: WinRate},
+        pairwise_judge: PairwiseJudge | None   a chat model or endpoint judging answer pairs in both orders
         examples: [Example], cache: CacheStats, model_fingerprints
       release: Release | None           the release verdict (gates judged on the evaluation)
       runs, releases                    comparisons only (`posttrain compare`)
@@ -17,6 +18,11 @@
 The JSON keeps the layout of the unversioned results.json (version 1) where it can: a model's
 scores are `{task: {metric, metric_stderr, n}, "settings": {...}}`. `load_results` reads
 version 2, converts version 1 and refuses any other version with one line.
+
+Versioning rule: a new *optional* field (with a default, so files written before it still load,
+and readers that predate it ignore it: records ignore unknown keys) keeps the version, as
+`Evaluation.pairwise_judge` did. Renaming, removing or changing the meaning of a field bumps
+SCHEMA_VERSION, with a converter from the previous version in `RunResults.from_dict`.
 """
 
 from __future__ import annotations
@@ -181,6 +187,54 @@ class WinRate(BaseModel):
         return f"{candidate}_vs_{baseline}"
 
 
+class JudgeWinRate(BaseModel):
+    """A pairwise judge's verdicts on a candidate against the baseline, each pair judged in both orders.
+
+    Per pair, each order's verdict scores the candidate 1 (preferred), 0.5 (tie, or an unparseable verdict)
+    or 0; the pair's score is the mean of the two orders, so a judge that always prefers one position
+    scores every pair a tie. A pair scoring above 0.5 is a win, below a loss, 0.5 a tie (counted half)."""
+
+    candidate: str
+    baseline: str
+    n: int  # pairs (prompts)
+    wins: int
+    ties: int
+    losses: int
+    win_rate: float | None
+    ci95: tuple[float, float]  # Wilson's, on wins + ties / 2 of n
+    verdicts: int  # 2 n: each pair in both orders
+    unparseable: int  # verdicts the parser could not read (each counted as a tie)
+    flipped: int  # pairs whose two orders did not agree (the preferred answer changed with its position)
+    flip_rate: float | None  # flipped / n
+    decisive: int  # verdicts that named A or B
+    first_position_rate: float | None  # share of decisive verdicts that named the answer shown first (0.5: no position bias)
+    truncated: int = 0  # judging prompts whose answers were cut to fit the judge's context (local judges)
+    mean_words_candidate: float
+    mean_words_baseline: float
+
+    @staticmethod
+    def key(candidate: str, baseline: str) -> str:
+        return f"{candidate}_vs_{baseline}"
+
+
+class VerdictCacheStats(BaseModel):
+    judged: int = 0  # verdicts asked of the judge in this run
+    from_cache: int = 0  # verdicts read from <eval stage>/judge_cache/
+
+
+class PairwiseJudge(BaseModel):
+    """The eval stage's pairwise judge (a chat model or an OpenAI-compatible endpoint) and its verdicts."""
+
+    judge: str  # what judged: a stage, directory or hub id, or "endpoint <model> at <url>" (never a credential)
+    kind: str  # model | endpoint
+    fingerprint: str  # the judge's identity (model fingerprint or endpoint and model, generation settings); no key
+    template_sha256: str  # the judging prompt template
+    max_new_tokens: int
+    max_pairs: int | None = None
+    win_rates: dict[str, JudgeWinRate] = Field(default_factory=dict)  # JudgeWinRate.key(candidate, baseline)
+    cache: VerdictCacheStats = Field(default_factory=VerdictCacheStats)
+
+
 class Response(BaseModel):
     response: str
     reward: float | None = None
@@ -210,6 +264,7 @@ class Evaluation(_Record):
     judge: str | None = None  # the reward model that scored every generation
     judge_fingerprint: str | None = None
     win_rates: dict[str, WinRate] = Field(default_factory=dict)  # WinRate.key(candidate, baseline) -> WinRate
+    pairwise_judge: PairwiseJudge | None = None  # optional: results.json files without it load unchanged
     examples: list[Example] = Field(default_factory=list)
     cache: CacheStats = Field(default_factory=CacheStats)
     model_fingerprints: dict[str, str | None] = Field(default_factory=dict)

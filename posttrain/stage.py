@@ -4,7 +4,7 @@ A stage kind is a class that declares
   - `kind`, the name recipes use, and `role` (a `Role`): what the rest of posttrain may do
     with its output (start from it, evaluate it, let it judge, read its data, gate on it);
   - `Config`, a pydantic model validated before any model is loaded;
-  - `inputs(config)`: the names it reads (parent, evaluated models, judge, data sources);
+  - `inputs(config)`: the names it reads (parent, evaluated models, judge, data sources, further models);
     the recipe links them, the pipeline fingerprints and resolves them;
 and implements `run(ctx)`, which receives its resolved inputs (`ctx.inputs`), its
 prepared data (`ctx.data`), and returns a `StageResult`. Nothing else is inferred:
@@ -64,8 +64,12 @@ class StageInputs:
     evaluates: Literal["all"] | tuple[str, ...] = ()  # policy models it evaluates ("all": base and every policy stage)
     judge: str | None = None  # a reward stage, or a reward model directory
     data: tuple[str, ...] = ()  # data sources: files, builtin:..., hub names, or stage:<data stage>
+    # Further chat models it loads (e.g. an eval stage's pairwise judge): each `base`, an earlier policy stage,
+    # a model directory or a hub id (org/name); linked, fingerprinted and resolved like the others.
+    models_read: tuple[str, ...] = ()
     # The config key each input was read from, so a bad reference names the key the user wrote.
-    keys: dict[str, str] = field(default_factory=lambda: {"parent": "from", "evaluates": "models", "judge": "reward_model", "data": "data"})
+    keys: dict[str, str] = field(default_factory=lambda: {"parent": "from", "evaluates": "models", "judge": "reward_model", "data": "data",
+                                                          "models_read": "models_read"})
 
 
 @dataclass
@@ -76,6 +80,7 @@ class ResolvedInputs:
     evaluated: list[ModelRef] = field(default_factory=list)
     judge: ModelRef | None = None
     data_files: dict[str, Path] = field(default_factory=dict)  # stage:<name> source -> the file that stage wrote
+    models_read: dict[str, ModelRef] = field(default_factory=dict)  # StageInputs.models_read: name -> its model
 
 
 class StageConfig(BaseModel):

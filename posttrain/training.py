@@ -210,14 +210,14 @@ def train(trainer, ctx: StageContext) -> list[dict]:
 
 
 @contextlib.contextmanager
-def trackers(trainer, ctx: StageContext):
-    """The `report_to` trackers, through transformers' own integration callbacks: their local files go
-    inside the stage directory (unless the user's environment says otherwise), and each stage is one
-    tracker run, ended when the stage ends."""
+def trackers(trainer, ctx: StageContext, callbacks: list | None = None):
+    """The `report_to` trackers, through transformers' own integration callbacks (the trainer's, or
+    `callbacks` for a stage with its own loop): their local files go inside the stage directory (unless
+    the user's environment says otherwise), and each stage is one tracker run, ended when the stage ends."""
     from transformers.integrations import TensorBoardCallback
 
     report_to = ctx.config.report_to
-    for callback in trainer.callback_handler.callbacks:
+    for callback in trainer.callback_handler.callbacks if trainer is not None else callbacks:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:  # TENSORBOARD_LOGGING_DIR wins
             callback.logging_dir = str(ctx.stage_dir / "tensorboard")
     with _environment_default("WANDB_DIR", str(ctx.stage_dir) if "wandb" in report_to else None):
@@ -242,6 +242,31 @@ def _environment_default(name: str, value: str | None):
         yield
     finally:
         os.environ.pop(name, None)
+
+
+class LoopTrackers:
+    """`report_to` for a stage with its own loop (PPO): transformers' integration callbacks, called as a
+    Trainer would call them, so its curves reach the same trackers under the same run name."""
+
+    def __init__(self, args):
+        from transformers import TrainerControl, TrainerState
+        from transformers.integrations import get_reporting_integration_callbacks
+
+        self.args, self.state, self.control = args, TrainerState(), TrainerControl()
+        self.callbacks = [cls() for cls in get_reporting_integration_callbacks(args.report_to)]
+
+    def begin(self, model) -> None:
+        for callback in self.callbacks:
+            callback.on_train_begin(self.args, self.state, self.control, model=model)
+
+    def log(self, step: int, logs: dict) -> None:
+        self.state.global_step = step
+        for callback in self.callbacks:
+            callback.on_log(self.args, self.state, self.control, logs=dict(logs))
+
+    def end(self) -> None:
+        for callback in self.callbacks:
+            callback.on_train_end(self.args, self.state, self.control)
 
 
 class LoopState(Protocol):

@@ -21,7 +21,7 @@ from posttrain.atomic import write_json_atomic
 from posttrain.versions import library_versions
 
 # Modules whose code decides a score; editing one invalidates every entry.
-_SCORING_MODULES = ("posttrain.eval.harness", "posttrain.eval.metrics", "posttrain.eval.suites", "posttrain.reward.rules")
+_SCORING_MODULES = ("posttrain.eval.harness", "posttrain.eval.metrics", "posttrain.eval.instructions", "posttrain.eval.suites", "posttrain.reward.rules")
 
 
 def _code_digest() -> str:

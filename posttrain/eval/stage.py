@@ -3,7 +3,9 @@
 Models arrive resolved on the context (`ctx.inputs.evaluated`: `base` and earlier training stages); scores carry
 standard errors; per-document generations, each with its own reward when a reward model judges
 (`posttrain.results.Sample`), are kept under `<stage>/samples/`. An unchanged model is served from
-`<stage>/cache/`. The result is a typed `posttrain.results.Evaluation`.
+`<stage>/cache/`. With `judge:`, a chat model or an OpenAI-compatible endpoint judges each model's answers
+against the baseline's, in both orders (posttrain.eval.judge; verdicts cached under `<stage>/judge_cache/`).
+The result is a typed `posttrain.results.Evaluation`.
 """
 
 from __future__ import annotations
@@ -13,19 +15,20 @@ import statistics
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from posttrain.atomic import write_text_atomic
 from posttrain.errors import RecipeError, StageError
 from posttrain.eval.harness import EvalSettings, evaluate_model
+from posttrain.eval.judge import CACHE_DIRNAME as JUDGE_CACHE_DIRNAME, JudgeSettings, judge_models, make_judge
 from posttrain.eval.registry import check_task_names
 from posttrain.eval.suites import find_tasks, lm_eval_declared_metrics, metric_info, tasks_digest
 from posttrain.eval.winrate import win_rate
-from posttrain.release_gates import MEAN_REWARD, WIN_RATE_METRICS
+from posttrain.release_gates import JUDGE_WIN_RATE_METRICS, MEAN_REWARD, WIN_RATE_METRICS
 from posttrain.results import (REWARD_METRIC, REWARD_TASK, CacheStats, Evaluation, Example, ModelScores, Response, Sample, TaskScores,
                                WinRate, pair_samples, samples_path, samples_text)
-from posttrain.stage import BASE, Role, Stage, StageConfig, StageContext, StageInputs, StageResult
+from posttrain.stage import BASE, Role, Stage, StageConfig, StageContext, StageInputs, StageResult, setting_error
 
 BENCHMARK_GROUP = "benchmarks"  # the report's group for lm-eval tasks
 
@@ -59,9 +62,27 @@ class EvalStageConfig(StageConfig):
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N documents of each task (quick checks); recorded with the settings.")
     reward_model: str | None = Field(None, description="A reward_model stage (or reward model directory) that judges every generation.")
     min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
-    compare_to: str | None = Field("sft", description="Baseline for reward-model win rates and the report's deltas (when that model is evaluated).")
+    compare_to: str | None = Field("sft", description="Baseline for reward-model and judge win rates and the report's deltas (when that model is evaluated).")
+    judge: JudgeSettings | None = Field(None, description=(
+        "A pairwise judge of each model's answers against compare_to's, in both orders: {model: <base, a policy stage, a model directory "
+        "or a hub id>} or {endpoint: {base_url, model, api_key_env}}, with max_new_tokens, prompt, max_pairs."))
     examples_per_task: int = Field(3, ge=0, description="Held-out prompts per task shown side by side in the report (the first N, so every run shows the same).")
     cache: bool = Field(True, description="Serve an unchanged model (same fingerprint, tasks and settings) from <stage>/cache/.")
+
+    @model_validator(mode="after")
+    def _judge_has_pairs(self):
+        if self.judge is None:
+            return self
+        if self.compare_to is None:
+            raise setting_error("compare_to", "the judge compares each model with compare_to; name the baseline (e.g. compare_to: sft)")
+        if self.models != "all":
+            if self.compare_to not in self.models:
+                raise setting_error("compare_to", f"'{self.compare_to}' is not evaluated (models: {', '.join(self.models)}); the judge "
+                                                  "compares each model with it: add it to models or name another")
+            if not [m for m in self.models if m not in (self.compare_to, BASE)]:
+                raise setting_error("judge", f"nothing to judge: every evaluated model is base or the baseline '{self.compare_to}'; "
+                                             "evaluate a trained model besides it")
+        return self
 
     @field_validator("task_paths")
     @classmethod
@@ -92,11 +113,27 @@ class EvalStage(Stage):
     @classmethod
     def inputs(cls, config: EvalStageConfig) -> StageInputs:
         evaluates = config.models if config.models == "all" else tuple(config.models)
-        return StageInputs(evaluates=evaluates, judge=config.reward_model)
+        judge_model = (config.judge.model,) if config.judge is not None and config.judge.model is not None else ()
+        declared = StageInputs(evaluates=evaluates, judge=config.reward_model, models_read=judge_model)
+        declared.keys["models_read"] = "judge.model"
+        return declared
 
     @classmethod
     def fingerprint_inputs(cls, config: EvalStageConfig) -> dict:
-        return {"tasks": tasks_digest(config.tasks, config.task_paths)}
+        inputs = {"tasks": tasks_digest(config.tasks, config.task_paths)}
+        judge_model = config.judge.model if config.judge is not None else None
+        if judge_model is not None and Path(judge_model).is_dir():  # a stage is a dependency; a directory is its files
+            from posttrain.model_store import directory_fingerprint
+
+            inputs["judge_model"] = directory_fingerprint(Path(judge_model))
+        return inputs
+
+    @classmethod
+    def prepare_data(cls, config: EvalStageConfig, data_files, seed):
+        """Nothing to read; checked before anything trains: the judge endpoint's key is in the environment."""
+        if config.judge is not None:
+            config.judge.check_ready()
+        return None
 
     @classmethod
     def measured_metrics(cls, config: EvalStageConfig) -> list[str]:
@@ -104,7 +141,8 @@ class EvalStage(Stage):
         reward model's when one judges (a registered lm-eval task's are known only after it runs)."""
         declared = {**metric_info(config.tasks, config.task_paths), **lm_eval_declared_metrics(config.tasks, find_tasks(config.task_paths))}
         names = [f"{task}/{metric}" for task in config.tasks for metric in declared.get(task, ())]
-        return names + ([MEAN_REWARD, *WIN_RATE_METRICS] if config.reward_model else [])
+        return (names + ([MEAN_REWARD, *WIN_RATE_METRICS] if config.reward_model else [])
+                + (list(JUDGE_WIN_RATE_METRICS) if config.judge is not None else []))
 
     @staticmethod
     def _judge(scorer, samples: dict) -> list[float]:
@@ -171,6 +209,11 @@ class EvalStage(Stage):
             raise StageError(f"models were evaluated with different tokenizers or chat templates: {template_fingerprints}; the comparison would not be fair")
 
         settings_record = settings.to_dict() | {"tokenizer_fingerprint": next(iter(template_fingerprints.values()))}
+        pairwise = None
+        if config.judge is not None:
+            judge = make_judge(config.judge, ctx.store, ctx.inputs.models_read)
+            pairwise = judge_models(judge, config.judge, samples, config.compare_to,
+                                    ctx.stage_dir / JUDGE_CACHE_DIRNAME if config.cache else None, ctx.progress, f"{ctx.name} judge")
         models = {}
         for name, entry in entries.items():
             tasks = {task: TaskScores.model_validate(scores) for task, scores in entry["scores"].items()}
@@ -189,12 +232,16 @@ class EvalStage(Stage):
             judge=config.reward_model,
             judge_fingerprint=judge_id,
             win_rates=self._win_rates(config.compare_to, samples) if scorer is not None else {},
+            pairwise_judge=pairwise,
             examples=self._examples(config, samples),
             cache=CacheStats(hits=hits, misses=[n for n in entries if n not in hits]),
             # Lets `posttrain compare` show a model shared by several runs (e.g. the same SFT) once.
             model_fingerprints={model.name: model.fingerprint for model in evaluated},
         )
-        return StageResult(metrics={"models_evaluated": len(models), "models_from_cache": len(hits)}, evaluation=evaluation)
+        metrics = {"models_evaluated": len(models), "models_from_cache": len(hits)}
+        if pairwise is not None:
+            metrics |= {"judge_verdicts": pairwise.cache.judged, "judge_verdicts_from_cache": pairwise.cache.from_cache}
+        return StageResult(metrics=metrics, evaluation=evaluation)
 
     @staticmethod
     def _higher_is_better(tasks: list[str], entries: dict) -> dict:

@@ -4,7 +4,9 @@ Two kinds of YAML live in those directories:
 
 - posttrain suites (YAML + JSONL, runnable offline). A suite YAML is data, not code (read with
   yaml.safe_load): the JSONL file, the prompt and target fields, and metric names from
-  `posttrain.eval.metrics`. It becomes an lm-eval task config here.
+  `posttrain.eval.metrics`. It becomes an lm-eval task config here. A suite with instruction-following
+  metrics has every row's `instructions` checked when it is loaded (`posttrain.eval.instructions`), and
+  its `instructions:` shorthand expanded into the metrics its documents can measure.
 - lm-eval task YAMLs: any YAML with one of lm-eval's own keys (`dataset_path`, `include`, `class`,
   `group`, `output_type`). lm-eval reads them itself: the directories are its include path
   (`posttrain.eval.registry`).
@@ -15,6 +17,7 @@ imports lm-eval.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -25,7 +28,8 @@ from pathlib import Path
 import yaml
 
 from posttrain.errors import RecipeError, did_you_mean
-from posttrain.eval.metrics import METRICS
+from posttrain.eval.instructions import INSTRUCTION_TYPES, INSTRUCTIONS_FIELD, instructions_problem
+from posttrain.eval.metrics import INSTRUCTION_GROUP, INSTRUCTION_METRICS, METRICS, PROMPT_METRICS
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 # Keys only an lm-eval task config has: a YAML with one of them is lm-eval's, not a posttrain suite.
@@ -155,8 +159,9 @@ def load_task_spec(path: Path) -> dict:
         raise RecipeError(f"{path}: metrics: expected a mapping of metric -> {{higher_is_better, group}}, e.g. "
                           "exact_match: {higher_is_better: true, group: skills}")
     for metric, cfg in spec["metrics"].items():
-        if metric not in METRICS:
-            raise RecipeError(f"{path}: metrics.{metric}: unknown metric{did_you_mean(metric, METRICS)}; known: {', '.join(METRICS)}")
+        if metric not in METRICS and metric != ALL_INSTRUCTION_METRICS:
+            known = [*METRICS, ALL_INSTRUCTION_METRICS]
+            raise RecipeError(f"{path}: metrics.{metric}: unknown metric{did_you_mean(metric, known)}; known: {', '.join(known)}")
         if cfg is not None and not isinstance(cfg, dict):
             raise RecipeError(f"{path}: metrics.{metric}: expected {{higher_is_better: true|false, group: NAME}}, got {cfg!r}")
         spec["metrics"][metric] = cfg or {}
@@ -164,7 +169,64 @@ def load_task_spec(path: Path) -> dict:
     if not data.is_file():
         raise RecipeError(f"{path}: data: {data} does not exist (the data file is read from the suite YAML's directory)")
     spec["data_path"] = data.resolve()
+    if any(m in INSTRUCTION_METRIC_NAMES for m in spec["metrics"]):
+        spec["metrics"] = _instruction_metrics(path, spec["metrics"], spec["data_path"])
     return spec
+
+
+# -- instruction following -------------------------------------------------------------------
+ALL_INSTRUCTION_METRICS = "instructions"  # a suite's shorthand for every instruction metric its data can measure
+INSTRUCTION_METRIC_NAMES = {*PROMPT_METRICS, *INSTRUCTION_METRICS, ALL_INSTRUCTION_METRICS}
+
+
+def _instruction_metrics(path: Path, metrics: dict, data: Path) -> dict:
+    """A suite's metrics with the `instructions` shorthand expanded (`prompt_strict`, `prompt_loose`, and
+    `instruction_<type>` for each type its documents carry) and instruction metrics grouped under
+    "instruction following" unless the suite names a group. Every document's instructions are checked
+    (one line naming the file, line and key at fault), and a metric no document can measure is refused."""
+    stat = data.stat()
+    present = _instruction_types(data, stat.st_mtime_ns, stat.st_size)
+    out = {}
+    for metric, cfg in metrics.items():
+        names = [*PROMPT_METRICS, *(f"instruction_{t}" for t in present)] if metric == ALL_INSTRUCTION_METRICS else [metric]
+        for name in names:
+            if name in out or (metric == ALL_INSTRUCTION_METRICS and name in metrics):
+                continue  # listed on its own as well: its own settings win
+            out[name] = {"group": INSTRUCTION_GROUP, **cfg} if name in INSTRUCTION_METRIC_NAMES else cfg
+    for name in out:
+        if name in PROMPT_METRICS and not present:
+            raise RecipeError(f"{path}: metrics.{name}: no document of {data.name} carries `{INSTRUCTIONS_FIELD}` (a list like "
+                              '[{"type": "max_words", "limit": 20}]), so it would never be measured')
+        if name in INSTRUCTION_METRICS and INSTRUCTION_METRICS[name] not in present:
+            has = f"its documents' types: {', '.join(present)}" if present else f"no document carries `{INSTRUCTIONS_FIELD}`"
+            raise RecipeError(f"{path}: metrics.{name}: no document of {data.name} has a '{INSTRUCTION_METRICS[name]}' "
+                              f"instruction, so it would never be measured ({has})")
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _instruction_types(data: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The instruction types a suite's JSONL carries (in `INSTRUCTION_TYPES` order), every row checked;
+    a bad row is one RecipeError line `<file>:<line>: <key>: <what>`. Cached while the file is unchanged."""
+    try:
+        text = data.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{data}: not UTF-8 text (byte {e.start})") from None
+    present = set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise RecipeError(f"{data}:{lineno}: not valid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})") from None
+        if not isinstance(row, dict):
+            raise RecipeError(f"{data}:{lineno}: expected a JSON object (one document per line), got {type(row).__name__}")
+        problem = instructions_problem(row.get(INSTRUCTIONS_FIELD))
+        if problem:
+            raise RecipeError(f"{data}:{lineno}: {problem}")
+        present.update(i["type"] for i in row.get(INSTRUCTIONS_FIELD) or [])
+    return tuple(t for t in INSTRUCTION_TYPES if t in present)
 
 
 def metric_info(names: list[str], task_paths=()) -> dict[str, dict[str, dict]]:
@@ -312,7 +374,8 @@ def lm_eval_task_config(spec: dict, max_new_tokens: int, stop: list[str]) -> dic
 
     def process_results(doc, results):
         response = results[0].strip()
-        return {name: METRICS[name](doc, response) for name in metrics}
+        values = {name: METRICS[name](doc, response) for name in metrics}
+        return {name: value for name, value in values.items() if value is not None}  # None: not applicable here
 
     return {
         "task": spec["task"],
@@ -343,11 +406,23 @@ def assistant_world_suite() -> dict[str, list[dict]]:
     return suites
 
 
+def instruction_suite() -> list[dict]:
+    """Rows of the shipped `world_instructions` suite (eval/tasks/world_instructions/), from its generator."""
+    from posttrain.eval.format_suite import instruction_rows
+
+    return instruction_rows()
+
+
+INSTRUCTION_SUITE_FILE = TASKS_DIR / "world_instructions" / "world_instructions.jsonl"
+
+
 def write_assistant_world_suite() -> None:
-    """Regenerate the committed JSONL files of the assistant-world suite from the generators."""
-    for name, rows in assistant_world_suite().items():
+    """Regenerate the committed JSONL files of the assistant-world suites from the generators."""
+    files = {TASKS_DIR / "assistant_world" / f"{name}.jsonl": rows for name, rows in assistant_world_suite().items()}
+    files[INSTRUCTION_SUITE_FILE] = instruction_suite()
+    for path, rows in files.items():
         lines = [json.dumps(row) for row in rows]
-        (TASKS_DIR / "assistant_world" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

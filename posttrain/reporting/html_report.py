@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from posttrain.reporting.summary import (GATE_HEADER, STAGE_HEADER, WIN_HEADER, banner, baseline_of, delta_models, format_delta,
-                                         format_value, gate_table, metric_rows, releases, settings_by_model, settings_sentence,
-                                         shared_sentence, stage_rows, tax_sentence, title, win_rate_table)
+from posttrain.reporting.summary import (GATE_HEADER, JUDGE_HEADER, STAGE_HEADER, WIN_HEADER, banner, baseline_of, delta_models,
+                                         format_delta, format_value, gate_table, judge_rows, judge_sentences, judge_table, judge_title,
+                                         metric_rows, releases, settings_by_model, settings_sentence, shared_sentence, stage_rows,
+                                         tax_sentence, title, win_rate_table)
 from posttrain.results import Evaluation, RunResults
 
 STYLE = """
@@ -65,6 +66,19 @@ def _metrics_table(evaluation: Evaluation) -> str:
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _judge_table(evaluation: Evaluation) -> str:
+    """The judge's rows; the win rate cell carries its raw value (data-value), like the metric cells."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in JUDGE_HEADER)
+    body = []
+    for w, row in zip(judge_rows(evaluation), judge_table(evaluation)):
+        cells = [f"<td>{escape(c)}</td>" for c in row[:3]]
+        raw = "" if w.win_rate is None else repr(w.win_rate)
+        cells.append(f'<td class="num" data-judge-candidate="{escape(w.candidate)}" data-value="{raw}">{escape(row[3])}</td>')
+        cells += [f'<td class="num">{escape(c)}</td>' for c in row[4:]]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="judge"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
 def _examples(evaluation: Evaluation) -> str:
     parts = []
     for ex in evaluation.examples:
@@ -94,6 +108,10 @@ def render_html(results: RunResults, plots: list[tuple[str, str, bytes]] = ()) -
             out.append(f"<h3>Win rate judged by the reward model <code>{escape(str(evaluation.judge))}</code></h3>")
             out.append(_table(WIN_HEADER, wins, ["", "", "num", "num", "num", "num"]))
             out.append('<p class="note">Ties count half. Mean words per answer of both sides show whether a win was bought with length.</p>')
+        if judge_table(evaluation):
+            out.append(f'<h3 id="judge">{escape(judge_title(evaluation))}</h3>')
+            out.append(_judge_table(evaluation))
+            out.append(f'<p class="note">{escape(" ".join(judge_sentences(evaluation)))}</p>')
     for label, release in releases(results):
         if release:
             verdict = "releasable" if release.releasable else "NOT releasable"

@@ -7,13 +7,20 @@ An unmeasured value fails its gate.
 
 from __future__ import annotations
 
-from posttrain.release_gates import OPERATORS, WIN_RATE_METRICS, GateSpec, evaluation_stage, release_candidate
-from posttrain.results import Evaluation, GateOutcome, Release, WinRate
+from posttrain.release_gates import JUDGE_WIN_RATE_METRICS, OPERATORS, WIN_RATE_METRICS, GateSpec, evaluation_stage, release_candidate
+from posttrain.results import Evaluation, GateOutcome, JudgeWinRate, Release, WinRate
 
 
 
 def gate_value(evaluation: Evaluation, model: str, metric: str) -> float | None:
-    """The measured value a gate compares: a task's metric, the mean reward, or a win rate against compare_to."""
+    """The measured value a gate compares: a task's metric, the mean reward, or a win rate against compare_to
+    (the reward model's, or the pairwise judge's)."""
+    if metric in JUDGE_WIN_RATE_METRICS:
+        judged = evaluation.pairwise_judge
+        w = judged.win_rates.get(JudgeWinRate.key(model, evaluation.compare_to)) if judged else None
+        if not w:
+            return None
+        return w.win_rate if metric == "judge_win_rate" else w.ci95[0]
     if metric in WIN_RATE_METRICS:
         w = evaluation.win_rates.get(WinRate.key(model, evaluation.compare_to))
         if not w:

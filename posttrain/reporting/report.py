@@ -14,9 +14,9 @@ from posttrain.atomic import write_json_atomic, write_text_atomic
 from posttrain.reporting.html_report import render_html
 from posttrain.reporting.plots import render_plots
 from posttrain.reporting.release import judge_release
-from posttrain.reporting.summary import (GATE_HEADER, STAGE_HEADER, WIN_HEADER, banner, baseline_of, format_value, gate_table, releases,
-                                         settings_by_model, settings_sentence, shared_sentence, stage_rows, table, tax_sentence, title,
-                                         win_rate_rows, win_rate_table)
+from posttrain.reporting.summary import (GATE_HEADER, JUDGE_HEADER, STAGE_HEADER, WIN_HEADER, banner, baseline_of, format_value, gate_table,
+                                         judge_sentences, judge_table, judge_title, releases, settings_by_model, settings_sentence,
+                                         shared_sentence, stage_rows, table, tax_sentence, title, win_rate_rows, win_rate_table)
 from posttrain.results import Evaluation, RunResults
 from posttrain.run_layout import RunLayout
 from posttrain.secrets import redact
@@ -55,6 +55,10 @@ def render_markdown(results: RunResults, plot_files: list[tuple[str, str]] = ())
             lines += ["", f"### Win rate judged by the reward model `{evaluation.judge}`", ""]
             lines += _md_table(WIN_HEADER, win_rate_table(evaluation))
             lines += ["", "Ties count half. Mean words per answer of both sides show whether a win was bought with length."]
+        if judge_table(evaluation):
+            lines += ["", f"### {judge_title(evaluation)}", ""]
+            lines += _md_table(JUDGE_HEADER, judge_table(evaluation))
+            lines += ["", " ".join(judge_sentences(evaluation))]
     for label, release in releases(results):
         if release:
             lines += ["", f"## Release gates: {label or release.profile} — {'releasable' if release.releasable else 'NOT releasable'}", ""]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from posttrain.results import REWARD_METRIC, REWARD_TASK, Evaluation, Release, RunResults, WinRate
+from posttrain.results import REWARD_METRIC, REWARD_TASK, Evaluation, JudgeWinRate, Release, RunResults, WinRate
 from posttrain.stage import BASE
 
 REWARD_GROUP = "reward model"
@@ -179,6 +179,8 @@ def banner(results: RunResults) -> tuple[str, str]:
 STAGE_HEADER = ["stage", "kind", "status", "parent", "wall time (s)", "data (read / used / dropped)"]
 WIN_HEADER = ["candidate", "baseline", "win rate", "95% CI", "wins / ties / losses", "mean words (candidate vs baseline)"]
 GATE_HEADER = ["gate", "measured", "result"]
+JUDGE_HEADER = ["candidate", "baseline", "pairs", "win rate", "95% CI", "wins / ties / losses", "unparseable verdicts",
+                "order flips", "first-position preference"]
 
 
 def title(results: RunResults) -> str:
@@ -200,6 +202,46 @@ def stage_rows(results: RunResults) -> list[list]:
 def win_rate_table(evaluation: Evaluation | None) -> list[list[str]]:
     return [[w.candidate, w.baseline, format_value(w.win_rate), f"{w.ci95[0]:.3f}–{w.ci95[1]:.3f}", f"{w.wins} / {w.ties} / {w.losses}",
              f"{w.mean_words_candidate:.1f} vs {w.mean_words_baseline:.1f}"] for w in win_rate_rows(evaluation)]
+
+
+def judge_rows(evaluation: Evaluation | None) -> list[JudgeWinRate]:
+    """The pairwise judge's win-rate records, in results order (none without a judge)."""
+    judged = evaluation.pairwise_judge if evaluation else None
+    return list(judged.win_rates.values()) if judged else []
+
+
+def judge_table(evaluation: Evaluation | None) -> list[list[str]]:
+    rows = []
+    for w in judge_rows(evaluation):
+        flips = f"{w.flipped} of {w.n}" + (f" ({w.flip_rate:.3f})" if w.flip_rate is not None else "")
+        first = (f"{w.first_position_rate:.3f} of {w.decisive} decisive" if w.first_position_rate is not None
+                 else "n/a (no decisive verdict)")
+        rows.append([w.candidate, w.baseline, str(w.n), format_value(w.win_rate), f"{w.ci95[0]:.3f}–{w.ci95[1]:.3f}",
+                     f"{w.wins} / {w.ties} / {w.losses}", f"{w.unparseable} of {w.verdicts}", flips, first])
+    return rows
+
+
+def judge_title(evaluation: Evaluation) -> str:
+    judged = evaluation.pairwise_judge
+    return f"Pairwise judge: {judged.judge}" if judged else ""
+
+
+def judge_sentences(evaluation: Evaluation) -> list[str]:
+    """How the judge's numbers were made, in words every renderer shows below its table."""
+    judged = evaluation.pairwise_judge
+    if not judged:
+        return []
+    lines = ["Each pair (the same held-out prompt answered by both models) was judged twice, the candidate's answer shown first "
+             "and then second; a pair's outcome is the mean of both orders, which cancels a preference for a position. Ties, and "
+             "verdicts the judge wrote in no readable form (unparseable), count half; the interval is Wilson's.",
+             "Position bias: order flips are pairs whose two verdicts disagree; first-position preference is the share of decisive "
+             "verdicts (A or B) that named the answer shown first (0.500: no bias).",
+             f"Verdicts: {judged.cache.judged} asked of the judge, {judged.cache.from_cache} from the verdict cache; at most "
+             f"{judged.max_new_tokens} tokens each" + (f"; at most {judged.max_pairs} pairs per model" if judged.max_pairs else "") + "."]
+    truncated = sum(w.truncated for w in judged.win_rates.values())
+    if truncated:
+        lines.append(f"{truncated} judging prompts had both answers cut to the same length to fit the judge's context.")
+    return lines
 
 
 def gate_table(release: Release) -> list[list[str]]:

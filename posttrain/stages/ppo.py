@@ -23,6 +23,8 @@ from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult
 
 
 class PPOStageConfig(TrainStageConfig):
+    held_out_hint = ": its curves are the rewards and KL of its own rollouts"
+
     reward_model: str = Field(description="The reward_model stage (or reward model directory) that scores responses.")
     min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
     value_init: Literal["reward_model", "policy"] = Field("reward_model", description="Initialise the critic from the reward model or from the policy (with a fresh head).")
@@ -63,12 +65,13 @@ class PPOStage(TrainingStage):
     def run(self, ctx: StageContext) -> StageResult:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import get_scheduler
+        from transformers import Trainer, TrainingArguments, get_scheduler
 
         from posttrain.reward.scorer import gated_scorer
         from posttrain.rl.ppo_loop import PPOParts, ppo_iteration, prompt_order
         from posttrain.rl.ppo_math import AdaptiveKLController
-        from posttrain.training import load_trainable_model, peft_config, run_own_loop, save_stage_model
+        from posttrain.training import LoopTrackers, load_trainable_model, peft_config, run_own_loop, save_stage_model, trackers, tracker_run_name
+        from posttrain.training_settings import resolve_precision
 
         config: PPOStageConfig = ctx.config
         judge = ctx.inputs.judge
@@ -89,31 +92,50 @@ class PPOStage(TrainingStage):
             value = get_peft_model(value, LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                                                      target_modules=config.lora.target_modules, task_type="SEQ_CLS", modules_to_save=["score"]))
 
+        # The loop runs where the models were loaded: the CPU. Its advantage and ratio math reads the models'
+        # outputs directly, so `auto` keeps fp32 here; bf16, asked for, runs each iteration under autocast.
+        precision = "fp32" if config.precision == "auto" else resolve_precision(config.precision, "cpu")
+        if config.gradient_checkpointing:
+            for model in (policy, value):
+                model.activation_checkpointing_enable()
+        # The optimizer by its transformers name, built as the Trainer builds it; the trackers as a Trainer calls them.
+        args = TrainingArguments(output_dir=str(ctx.stage_dir / "trainer"), optim=config.optimizer, learning_rate=config.learning_rate,
+                                 weight_decay=config.weight_decay, use_cpu=True, report_to=list(config.report_to) or "none",
+                                 run_name=tracker_run_name(ctx), seed=ctx.seed)
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, policy)
+
         iterations = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * len(prompts) / config.batch_size)
         minibatches = math.ceil(config.batch_size / config.minibatch_size)
         policy_params = [p for p in policy.parameters() if p.requires_grad]
         value_params = [p for p in value.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW([
-            {"params": policy_params, "lr": config.learning_rate},
-            {"params": value_params, "lr": config.value_learning_rate or config.learning_rate},
-        ], weight_decay=config.weight_decay)
+        optimizer = optimizer_cls([
+            {"params": policy_params, "lr": config.learning_rate, "weight_decay": config.weight_decay},
+            {"params": value_params, "lr": config.value_learning_rate or config.learning_rate, "weight_decay": config.weight_decay},
+        ], **optimizer_kwargs)
         total_updates = iterations * config.ppo_epochs * minibatches
         scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_updates), num_training_steps=total_updates)
         parts = PPOParts(policy, reference, value, scorer, tokenizer, optimizer, scheduler,
                          AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon))
         order = prompt_order(len(prompts), iterations * config.batch_size, ctx.seed)
 
+        tracked = LoopTrackers(args)
+
         def iteration(step: int) -> str:
             batch = [prompts[i] for i in order[(step - 1) * config.batch_size: step * config.batch_size]]
-            stats = ppo_iteration(parts, batch, config, step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                stats = ppo_iteration(parts, batch, config, step)
             parts.history.append({"step": step, **stats})
+            tracked.log(step, stats)
             return f"reward {stats['reward']:.3f} kl {stats['kl']:.3f}"
 
-        run_own_loop(ctx, iterations, parts, iteration)
+        with trackers(None, ctx, tracked.callbacks):
+            tracked.begin(policy)
+            run_own_loop(ctx, iterations, parts, iteration)
+            tracked.end()
 
         save_stage_model(ctx, policy, tokenizer)
         history = parts.history
         curves = {key: [[h["step"], h[key]] for h in history] for key in history[0] if key != "step"} if history else {}
         metrics = {f"{key}_first": points[0][1] for key, points in curves.items()} | {f"{key}_last": points[-1][1] for key, points in curves.items()}
-        metrics |= {"iterations": iterations, "prompts": len(prompts), "reference": ctx.parent.name, "reward_model": judge.name}
+        metrics |= {"iterations": iterations, "prompts": len(prompts), "reference": ctx.parent.name, "reward_model": judge.name, "precision": precision}
         return StageResult(metrics=metrics, curves=curves, data=ctx.data.accounting)
