@@ -206,25 +206,32 @@ class Pipeline:
     # -- running --------------------------------------------------------------
     def run(self) -> RunResults:
         with RunLock(self.layout):
-            if self.recipe.spec.trust_remote_code:
-                self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
-            plans = self.plan()
-            if not all(p.cached for p in plans):
-                if self.store.imported_dir is not None and not is_committed(self.store.imported_dir):
-                    self.reporter.message(f"importing base {self.recipe.spec.base} into {self.store.imported_dir} (once per run directory; about a minute for 135M parameters on two cores)")
-                self.store.check_base_chat_template()
-            # Data is prepared once per stage. Every data problem surfaces before the first step of
-            # training, except in data that an earlier stage of this run writes: that is prepared
-            # when it exists, just before its reader runs.
-            prepared = {p.stage.name: self._prepare_data(p) for p in plans if not p.cached and not p.reads_stage_data}
-            summaries = {}
-            for plan in plans:
-                if not plan.cached and plan.reads_stage_data:
-                    prepared[plan.stage.name] = self._prepare_data(plan)
-                summaries[plan.stage.name] = self._run_stage(plan, plans, prepared.get(plan.stage.name))
-            # The caller judges the release gates and writes results.json and the reports
-            # (posttrain.reporting.write_run): the pipeline knows nothing of reporting.
-            return self._collect_results(plans, summaries)
+            self.reporter.log_to(self.layout.log)
+            try:
+                return self._run_locked()
+            finally:
+                self.reporter.close_log()
+
+    def _run_locked(self) -> RunResults:
+        if self.recipe.spec.trust_remote_code:
+            self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
+        plans = self.plan()
+        if not all(p.cached for p in plans):
+            if self.store.imported_dir is not None and not is_committed(self.store.imported_dir):
+                self.reporter.message(f"importing base {self.recipe.spec.base} into {self.store.imported_dir} (once per run directory; about a minute for 135M parameters on two cores)")
+            self.store.check_base_chat_template()
+        # Data is prepared once per stage. Every data problem surfaces before the first step of
+        # training, except in data that an earlier stage of this run writes: that is prepared
+        # when it exists, just before its reader runs.
+        prepared = {p.stage.name: self._prepare_data(p) for p in plans if not p.cached and not p.reads_stage_data}
+        summaries = {}
+        for plan in plans:
+            if not plan.cached and plan.reads_stage_data:
+                prepared[plan.stage.name] = self._prepare_data(plan)
+            summaries[plan.stage.name] = self._run_stage(plan, plans, prepared.get(plan.stage.name))
+        # The caller judges the release gates and writes results.json and the reports
+        # (posttrain.reporting.write_run): the pipeline knows nothing of reporting.
+        return self._collect_results(plans, summaries)
 
     def _run_stage(self, plan: ScheduledStage, plans: list[ScheduledStage], data: PreparedData | None) -> dict:
         stage = plan.stage

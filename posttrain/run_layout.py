@@ -9,6 +9,7 @@
       <stage>/adapter/      LoRA stages: the adapter alone
       <stage>/data.jsonl    data stages: the rows later stages read with `data: stage:<name>`
       results.json          the typed run results (posttrain.results)
+      posttrain.log         every line the run printed, timestamped (appended by each run)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ MODEL_DIRNAME = "model"
 ADAPTER_DIRNAME = "adapter"
 DATA_FILENAME = "data.jsonl"
 RESULTS_FILENAME = "results.json"
+LOG_FILENAME = "posttrain.log"
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,7 @@ class RunLayout:
     @property
     def lock(self) -> Path:
         return self.root / ".lock"
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_FILENAME

@@ -8,6 +8,7 @@ weights, from a run in this process, are compared with an uninterrupted run.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -111,11 +112,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(write_recipe, tmp_path, un
     stopped = run_with_fault("sigterm_at_step=6", "run", str(recipe), "--output", str(out), "--quiet")
     assert stopped.returncode == 130
     assert "stopped by SIGTERM at step 6" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert "[sft] stopped at step 6 of" in stopped.stderr and "[sft] done" not in stopped.stderr  # never "done" when it was not
+    assert re.search(r"^\d\d:\d\d:\d\d \[sft\] started", stopped.stderr, re.M)  # --quiet lines carry the time
+    log = (out / "posttrain.log").read_text()
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d \[sft\] stopped at step 6", log, re.M)
     assert (out / "sft" / "checkpoints" / "step-6").is_dir()  # saved on the way out, off the save_steps grid
     assert json.loads((out / "sft" / "stage.json").read_text())["status"] == "interrupted"
 
     resumed = run_cli("run", str(recipe), "--output", str(out), "--quiet")
     assert resumed.returncode == 0 and "step-6" in resumed.stderr
+    log = (out / "posttrain.log").read_text()
+    assert "[sft] stopped at step 6" in log and "resuming sft from" in log and "[sft] done" in log  # both runs, appended
     _assert_same_weights(_weights(out, "sft"), uninterrupted["sft"])
 
 

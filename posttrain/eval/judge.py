@@ -279,12 +279,12 @@ class LocalJudge:
         def encode(answer_a: str, answer_b: str) -> list[int]:
             text = render(self.settings.prompt, question, answer_a, answer_b)
             chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-            return tokenizer(chat, add_special_tokens=False)["input_ids"]
+            return tokenizer(chat, add_special_tokens=False, verbose=False)["input_ids"]
 
         ids = encode(a, b)
         if len(ids) <= budget:
             return ids, False
-        ta, tb = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (a, b))
+        ta, tb = (tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] for t in (a, b))
         low, high = 0, max(len(ta), len(tb))  # the most tokens per answer that fit
         while low < high:
             mid = (low + high + 1) // 2
@@ -343,7 +343,7 @@ class EndpointJudge:
             wait = self.endpoint.backoff_s * 2 ** attempt
             try:
                 request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.endpoint.timeout_s) as response:
+                with _opener().open(request, timeout=self.endpoint.timeout_s) as response:
                     payload = response.read()
                 return self._content(payload, key)
             except urllib.error.HTTPError as e:
@@ -371,7 +371,7 @@ class EndpointJudge:
             raise StageError(f"judge {self.label}: not an OpenAI chat completions response ({snippet!r})") from None
         if isinstance(content, list):  # content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        return content or ""
+        return self._scrub(content or "", key)  # a reply that repeats the key is not cached with it
 
     def judge(self, items: list[Item], on_reply: OnReply, progress=None) -> None:
         from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -394,6 +394,17 @@ class EndpointJudge:
                     done += 1
                 if progress is not None:
                     progress(done)
+
+
+def _opener():
+    """urllib without redirects: a redirected POST would carry the Authorization header to wherever it points."""
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # the 3xx surfaces as an HTTPError: one line, not retried
+
+    return urllib.request.build_opener(NoRedirect)
 
 
 def make_judge(settings: JudgeSettings, store, models_read: dict):
@@ -449,7 +460,12 @@ def judge_models(judge, settings: JudgeSettings, samples: dict[str, list[Sample]
         if reporter is not None:
             reporter.start(label, len(todo))
         progress = (lambda done: reporter.update(done, len(todo), judge.label)) if reporter is not None else None
-        judge.judge([item for _, item in todo], lambda i, reply, cut: cache.add(todo[i][0], reply, cut), progress)
+        try:
+            judge.judge([item for _, item in todo], lambda i, reply, cut: cache.add(todo[i][0], reply, cut), progress)
+        except BaseException:
+            if reporter is not None:
+                reporter.finish(f"stopped; {sum(k in cache.replies for k, _ in todo)} of {len(todo)} verdicts received (cached)")
+            raise
         if reporter is not None:
             reporter.finish(f"{len(todo)} verdicts from {judge.label}" + (f", {from_cache} from the cache" if from_cache else ""))
 
