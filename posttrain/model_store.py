@@ -8,7 +8,9 @@
      `<run>/<stage>/model/`;
   3. a committed model of an earlier stage in this run directory (for tools and tests that
      open a finished run without its recipe);
-  4. an existing directory outside the run (e.g. a reward model trained elsewhere).
+  4. an existing directory outside the run (e.g. a reward model trained elsewhere);
+  5. a hub id (`org/name`), identified by its name (loaded through the local hub cache, or
+     downloaded when HF_HUB_OFFLINE allows).
 The tokenizer and chat template travel with each saved model, and every hand-over between
 stages checks they did not drift.
 """
@@ -68,6 +70,11 @@ def directory_fingerprint(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def is_hub_id(name: str) -> bool:
+    """`org/name` that is not a path on this machine (a hub repository id)."""
+    return name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists() and not name.endswith(".gguf")
+
+
 class ModelStore:
     def __init__(self, run_dir: Path, base: str, trust_remote_code: bool = False, seed: int = 0, chat_template: str | None = None):
         self.layout = RunLayout(Path(run_dir))
@@ -115,6 +122,8 @@ class ModelStore:
             return ModelRef(name, str(directory), expected, directory_fingerprint(directory), self.layout.manifest(name))
         if Path(name).is_dir():
             return ModelRef(name, name, expected, directory_fingerprint(Path(name)))
+        if is_hub_id(name):
+            return ModelRef(name, name, expected, hashlib.sha256(f"hub:{name}".encode()).hexdigest()[:16])
         raise StageError(f"model '{name}' has no committed checkpoint at {directory}; run its stage first")
 
     def model_dir(self, name: str) -> Path:

@@ -28,7 +28,7 @@ from transformers import set_seed
 from posttrain.atomic import is_committed, write_json_atomic
 from posttrain.errors import PosttrainError, StageError, StageInterrupted
 from posttrain.progress import ProgressReporter
-from posttrain.model_store import ModelRef, ModelStore
+from posttrain.model_store import ModelStore
 from posttrain.recipe import PlannedStage, Recipe
 from posttrain.results import Evaluation, RunResults, StageSummary
 from posttrain.run_layout import RunLayout
@@ -170,19 +170,12 @@ class Pipeline:
 
     def _resolve_inputs(self, stage: PlannedStage) -> ResolvedInputs:
         """Names to models and files, through the store's one resolver."""
-        def model_read(name: str) -> ModelRef:
-            # The recipe linked it as base, an earlier policy stage, a model directory, or else a hub id (org/name),
-            # which the store's resolver does not know: loaded from the hub by that name, identified by it.
-            if name == BASE or name in {s.name for s in self.recipe.stages} or Path(name).is_dir():
-                return self.store.resolve(name)
-            return ModelRef(name, name, Role.POLICY, hashlib.sha256(f"hub:{name}".encode()).hexdigest()[:16])
-
         return ResolvedInputs(
             parent=self.store.resolve(stage.parent) if stage.parent else None,
             evaluated=[self.store.resolve(name) for name in stage.evaluated],
             judge=self.store.resolve(stage.judge, expected=Role.REWARD) if stage.judge else None,
             data_files={s: self.layout.data_file(s.removeprefix(STAGE_DATA_PREFIX)) for s in stage.data if s.startswith(STAGE_DATA_PREFIX)},
-            models_read={name: model_read(name) for name in stage.stage_cls.inputs(stage.config).models_read},
+            models_read={name: self.store.resolve(name) for name in stage.stage_cls.inputs(stage.config).models_read},
         )
 
     def _context(self, plan: ScheduledStage, inputs: ResolvedInputs, data: PreparedData | None) -> StageContext:

@@ -88,11 +88,13 @@ def check_on_error(on_error: str) -> None:
 
 
 def _builtin_sources() -> dict:
-    from posttrain.embedded import world
+    from posttrain.embedded import real_world, world
 
     return {
         "assistant_world/sft": world.sft_rows,
         "assistant_world/feedback": world.feedback_rows,
+        "real_world/sft": real_world.sft_rows,  # for a real instruct model (recipes/smollm2.yaml)
+        "real_world/feedback": real_world.feedback_rows,
     }
 
 
