@@ -173,25 +173,18 @@ class TrainStageConfig(StageConfig):
                 raise setting_error("report_to", problem)
         return [t for t in trackers if t != "none"]
 
-    @field_validator("optimizer")
-    @classmethod
-    def _known_optimizer(cls, value: str) -> str:
-        # Runs only when a recipe sets `optimizer:` (it imports transformers' training arguments).
-        problem = training_settings.optimizer_problem(value)
-        if problem:
-            raise setting_error("optimizer", problem)
-        return value
-
     @field_validator("trainer_args")
     @classmethod
-    def _known_trainer_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    def _trainer_args_posttrain_sets(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # What needs no import; the names against TRL's config class (and `optimizer` against transformers')
+        # are checked before any stage trains (training_settings.check_before_training, from prepare_data).
         if not value:
             return value
         if cls.trl_config is None:
             raise setting_error("trainer_args", f"stage kind '{info.data.get('kind')}' does not train with a TRL trainer, so trainer_args does not apply")
         ours = [f.alias or name for name, f in cls.model_fields.items()]
-        for key in value:  # imports TRL: only recipes that use trainer_args pay for it
-            problem = training_settings.trainer_args_problem(str(key), cls.trl_config, cls.trl_fields, ours)
+        for key in value:
+            problem = training_settings.trainer_args_problem(str(key), cls.trl_fields, ours)
             if problem:
                 raise setting_error(f"trainer_args.{key}", problem)
         return value

@@ -25,12 +25,7 @@ from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
 from posttrain.stage import LoraSettings, StageContext, StageResult, TrainStageConfig
-from posttrain.training_settings import resolve_precision
-
-
-def training_device(config: TrainStageConfig) -> str:
-    """Where the Trainer puts the model: "cuda" when there is a GPU (and trainer_args does not say use_cpu), else "cpu"."""
-    return "cuda" if torch.cuda.is_available() and not config.trainer_args.get("use_cpu") else "cpu"
+from posttrain.training_settings import resolve_precision, training_device
 
 
 def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int, run_name: str | None = None, **stage_args) -> dict:

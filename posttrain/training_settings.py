@@ -2,10 +2,12 @@
 the precision a stage trains in, and the `trainer_args:` pass-through checked against the
 stage's TRL config class.
 
-Light at import (the standard library only): the recipe validates with it. transformers, TRL
-and torch are imported inside the functions that need them, which only run when a recipe uses
-the setting (an `optimizer:` or `trainer_args:` is checked against the installed libraries'
-own names) or when a stage starts.
+Light at import (the standard library only): the recipe validates with it, and what it can
+check without the training libraries it checks then (keys posttrain sets itself, trackers that
+are not installed). What needs them (an `optimizer:` or `trainer_args:` name against the
+installed transformers / TRL, the precision against the hardware) is `check_before_training`,
+which every training stage's `prepare_data` calls: importing TRL takes seconds, so `validate`
+and `plan` stay fast, and the run still stops before any stage trains.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import importlib
 import importlib.util
 from typing import Literal
 
-from posttrain.errors import StageError, did_you_mean
+from posttrain.errors import RecipeError, StageError, did_you_mean
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Tracker = Literal["none", "tensorboard", "wandb", "mlflow", "trackio"]
@@ -227,10 +229,10 @@ def trl_config_fields(trl_config: str) -> tuple[str, frozenset[str]]:
     return name, frozenset(f.name for f in dataclasses.fields(cls) if f.init)
 
 
-def trainer_args_problem(key: str, trl_config: str, stage_fields: dict[str, str], our_fields: list[str]) -> str | None:
-    """Why `trainer_args: {key: ...}` is refused, or None. `stage_fields`: the TRL names this stage kind
-    sets itself -> the stage key it sets them from (beta -> beta), or why they are fixed;
-    `our_fields`: the stage's recipe keys."""
+def trainer_args_problem(key: str, stage_fields: dict[str, str], our_fields: list[str]) -> str | None:
+    """Why `trainer_args: {key: ...}` is refused because posttrain sets it itself, or None (no import).
+    `stage_fields`: the TRL names this stage kind sets -> the stage key it sets them from (beta -> beta),
+    or why they are fixed; `our_fields`: the stage's recipe keys."""
     owned = stage_fields.get(key) or FROM_OUR_FIELDS.get(key)
     if owned == "seed":
         return f"posttrain sets {key} from the recipe's top-level seed; set seed: there"
@@ -240,10 +242,41 @@ def trainer_args_problem(key: str, trl_config: str, stage_fields: dict[str, str]
         return f"{key} cannot be set: {owned}"
     if key in SET_BY_POSTTRAIN:
         return f"{key} cannot be set: {SET_BY_POSTTRAIN[key]}"
-    class_name, fields = trl_config_fields(trl_config)
-    if key not in fields:
-        hint = did_you_mean(key, fields)
-        if not hint and key in our_fields:
-            hint = f" (it is a key of the stage itself: write {key}: next to trainer_args)"
-        return f"'{key}' is not a field of TRL's {class_name}{hint}"
     return None
+
+
+def trl_field_problem(key: str, trl_config: str, our_fields: list[str]) -> str | None:
+    """Why `trainer_args: {key: ...}` is not a field of the stage's TRL config class, or None (imports TRL)."""
+    class_name, fields = trl_config_fields(trl_config)
+    if key in fields:
+        return None
+    hint = did_you_mean(key, fields)
+    if not hint and key in our_fields:
+        hint = f" (it is a key of the stage itself: write {key}: next to trainer_args)"
+    return f"'{key}' is not a field of TRL's {class_name}{hint}"
+
+
+def training_device(config) -> str:
+    """Where the Trainer puts the model: "cuda" when there is a GPU (and trainer_args does not say use_cpu), else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and not config.trainer_args.get("use_cpu") else "cpu"
+
+
+def check_before_training(config) -> None:
+    """What a training stage's settings need the installed libraries and the hardware for, checked when
+    the stage's data is prepared (before any stage of the run trains): the `optimizer` and `trainer_args`
+    names against transformers / TRL, and the precision against the device. One line each."""
+    kind = config.kind
+    if config.optimizer != type(config).model_fields["optimizer"].default:
+        problem = optimizer_problem(config.optimizer)
+        if problem:
+            raise RecipeError(f"{kind} stage: optimizer: {problem}")
+    if config.trainer_args and type(config).trl_config:
+        ours = [f.alias or name for name, f in type(config).model_fields.items()]
+        for key in config.trainer_args:
+            problem = trl_field_problem(str(key), type(config).trl_config, ours)
+            if problem:
+                raise RecipeError(f"{kind} stage: trainer_args.{key}: {problem}")
+    if type(config).trl_config:  # stages with their own loop resolve their precision themselves
+        resolve_precision(config.precision, training_device(config))

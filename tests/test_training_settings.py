@@ -86,12 +86,6 @@ def test_precision_names_the_choices(write_recipe):
     assert "stages.s.precision:" in line and "'auto', 'fp32', 'bf16' or 'fp16'" in line
 
 
-def test_an_optimizer_is_a_transformers_name(write_recipe):
-    assert _stage(write_recipe, **quick_sft(optimizer="adamw_torch_fused")).optimizer == "adamw_torch_fused"
-    line = _problem(write_recipe, **quick_sft(optimizer="adamw_torch_fusd"))
-    assert "stages.s.optimizer: 'adamw_torch_fusd' is not a transformers optimizer (did you mean 'adamw_torch_fused'?)" in line
-
-
 @pytest.mark.parametrize("tracker", ["wandb", "mlflow", "trackio"])
 def test_a_tracker_that_is_not_installed_is_one_line(write_recipe, tracker):
     if importlib.util.find_spec(tracker) is not None:
@@ -101,7 +95,6 @@ def test_a_tracker_that_is_not_installed_is_one_line(write_recipe, tracker):
 
 
 @pytest.mark.parametrize("stage, expected", [
-    (quick_sft(trainer_args={"neftune_noise_alph": 5}), "stages.s.trainer_args.neftune_noise_alph: 'neftune_noise_alph' is not a field of TRL's SFTConfig (did you mean 'neftune_noise_alpha'?)"),
     (quick_sft(trainer_args={"per_device_train_batch_size": 4}), "stages.s.trainer_args.per_device_train_batch_size: posttrain sets per_device_train_batch_size from the stage's own key; set batch_size: on the stage instead"),
     (quick_sft(trainer_args={"bf16": True}), "set precision: on the stage instead"),
     (quick_sft(trainer_args={"completion_only_loss": False}), "completion_only_loss cannot be set: SFT trains on the assistant's reply only"),
@@ -109,11 +102,12 @@ def test_a_tracker_that_is_not_installed_is_one_line(write_recipe, tracker):
     (quick_sft(trainer_args={"seed": 3}), "posttrain sets seed from the recipe's top-level seed"),
     (quick_dpo(trainer_args={"beta": 0.3}), "stages.s.trainer_args.beta: posttrain sets beta from the stage's own key; set beta: on the stage instead"),
     (quick_dpo(trainer_args={"loss_weights": [1, 1]}), "set sft_weight: on the stage instead"),
-    (quick_dpo(trainer_args={"packing": True}), "'packing' is not a field of TRL's DPOConfig"),
     ({"kind": "ppo", "data": "builtin:assistant_world/feedback", "reward_model": "rm", "trainer_args": {"adam_beta1": 0.5}},
      "stages.s.trainer_args: stage kind 'ppo' does not train with a TRL trainer, so trainer_args does not apply"),
+    ({"kind": "ppo", "data": "builtin:assistant_world/feedback", "reward_model": "rm", "precision": "fp16"},
+     "stages.s.precision: ppo's loop runs on the CPU, where fp16 is not offered"),
 ])
-def test_trainer_args_are_checked_against_the_stage_trl_config(write_recipe, stage, expected):
+def test_trainer_args_posttrain_sets_are_refused_when_the_recipe_loads(write_recipe, stage, expected):
     if stage["kind"] == "ppo":
         with pytest.raises(RecipeError) as raised:
             load_recipe(write_recipe(tiny_recipe(rm={"kind": "reward_model", "data": "builtin:assistant_world/feedback"}, s=stage)))
@@ -123,8 +117,37 @@ def test_trainer_args_are_checked_against_the_stage_trl_config(write_recipe, sta
     assert expected in line
 
 
+@pytest.mark.parametrize("stage, expected", [
+    (quick_sft(trainer_args={"neftune_noise_alph": 5}), "sft stage: trainer_args.neftune_noise_alph: 'neftune_noise_alph' is not a field of TRL's SFTConfig (did you mean 'neftune_noise_alpha'?)"),
+    (quick_dpo(trainer_args={"packing": True}), "dpo stage: trainer_args.packing: 'packing' is not a field of TRL's DPOConfig"),
+    (quick_sft(optimizer="adamw_torch_fusd"), "sft stage: optimizer: 'adamw_torch_fusd' is not a transformers optimizer (did you mean 'adamw_torch_fused'?)"),
+], ids=["sft-trainer-arg", "dpo-trainer-arg", "optimizer"])
+def test_names_checked_against_trl_and_transformers_before_any_stage_trains(write_recipe, tmp_path, stage, expected):
+    """Validation stays light (no TRL import); the run stops with one line while preparing data, before
+    the first stage (here a valid one) trains."""
+    out = tmp_path / "run"
+    result = run_cli("run", str(write_recipe(tiny_recipe(first=quick_sft(max_steps=1), s=stage))), "--output", str(out), "--quiet")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "first" / "stage.json").exists()  # nothing trained
+
+
+def test_validation_does_not_import_trl_or_torch(write_recipe):
+    import subprocess
+    import sys
+
+    path = write_recipe(tiny_recipe(s=quick_dpo(optimizer="adamw_torch_fused", trainer_args={"use_weighting": True}, eval_share=0.1)))
+    code = (f"import sys; from posttrain.recipe import load_recipe; load_recipe({str(path)!r}); "
+            "print([m for m in ('trl', 'torch', 'transformers.training_args') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_trainer_args_of_the_trl_config_are_accepted(write_recipe):
-    assert _stage(write_recipe, **quick_dpo(trainer_args={"use_weighting": True, "adam_beta2": 0.95})).trainer_args == {"use_weighting": True, "adam_beta2": 0.95}
+    from posttrain.training_settings import check_before_training
+
+    config = _stage(write_recipe, **quick_dpo(trainer_args={"use_weighting": True, "adam_beta2": 0.95}, optimizer="adamw_torch_fused"))
+    check_before_training(config)
+    assert config.trainer_args == {"use_weighting": True, "adam_beta2": 0.95}
 
 
 @pytest.mark.parametrize("stage, expected", [
@@ -155,9 +178,11 @@ def test_fp16_on_the_cpu_is_refused_in_one_line(write_recipe, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    result = run_cli("run", str(write_recipe(tiny_recipe(sft=quick_sft(precision="fp16")))), "--output", str(tmp_path / "run"), "--quiet")
+    out = tmp_path / "run"
+    result = run_cli("run", str(write_recipe(tiny_recipe(first=quick_sft(max_steps=1), sft=quick_sft(precision="fp16")))), "--output", str(out), "--quiet")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "precision: fp16 needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "first" / "stage.json").exists()  # refused before any stage trained
 
 
 # ---- training: what the settings do -------------------------------------------------------------

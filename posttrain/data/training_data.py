@@ -103,6 +103,12 @@ def to_prompts(rows: list[dict], source: str, tokenizer=None, **options) -> tupl
 
 
 def _stage_rows(config, data_files: dict[str, Path], source: str | None = None) -> tuple[list[dict], dict]:
+    if source is None and hasattr(config, "trainer_args"):
+        # Stage.prepare_data runs for every stage before any trains: the place for the checks of the
+        # training settings that need transformers, TRL or the hardware (not done at validate: slow).
+        from posttrain.training_settings import check_before_training
+
+        check_before_training(config)
     options = config.data_options.model_dump()
     return load_rows(source or config.data, options["on_error"], data_files), options
 

@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig
+from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig, setting_error
 
 
 class PPOStageConfig(TrainStageConfig):
@@ -46,6 +46,12 @@ class PPOStageConfig(TrainStageConfig):
     whiten_rewards: bool = Field(False, description="Whiten the sequence scores across each rollout batch.")
     reward_clip: float | None = Field(10.0, gt=0, description="Clip scores to [-x, x].")
     missing_eos_penalty: float | None = Field(1.0, ge=0, description="Subtract from the score of a response that does not end with EOS.")
+
+    @model_validator(mode="after")
+    def _cpu_precision(self):
+        if self.precision == "fp16":
+            raise setting_error("precision", "ppo's loop runs on the CPU, where fp16 is not offered; use bf16, fp32 or auto (fp32 for ppo)")
+        return self
 
 
 class PPOStage(TrainingStage):
