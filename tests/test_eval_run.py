@@ -197,6 +197,7 @@ def test_html_report_is_self_contained_and_its_images_are_pngs(run):
     assert "Side by side" in html and examples[0]["prompt"] in markdown
 
 
+@pytest.mark.slow
 def test_an_unchanged_model_is_served_from_the_eval_cache(run, tmp_path):
     recipe, source, _ = run
     out = tmp_path / "run"
@@ -218,6 +219,7 @@ def test_an_unchanged_model_is_served_from_the_eval_cache(run, tmp_path):
     assert _results(out)["evaluation"]["models"]["sft"] == before["models"]["sft"]
 
 
+@pytest.mark.slow
 def test_compare_reports_across_runs(run, tmp_path):
     recipe, source, _ = run
     other = tmp_path / "beta"

@@ -2,7 +2,8 @@
 
 Each fault comes from the test-only hook plugin in tests/fault_plugin/ (a `posttrain.hooks`
 entry point, armed by POSTTRAIN_TEST_FAULT) in a real `posttrain run` subprocess; resumed
-weights, from a run in this process, are compared with an uninterrupted run.
+weights, from a run in this process, are compared with an uninterrupted run. The exact-resume
+tests are marked slow (`make test-slow`); the NaN stop and the run lock stay in `make test`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def uninterrupted(tmp_path_factory):
     return {stage: _weights(folder / "run", stage) for stage in ("sft", "align")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["kill_at_step=10", "kill_during_save=8"])
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(write_recipe, tmp_path, uninterrupted, fault):
     recipe, out = _recipe(write_recipe, with_dpo=True), tmp_path / "run"
@@ -72,6 +74,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(write_recipe, tmp_p
     assert [step for step, _ in history] == list(range(1, STEPS + 1))  # curves survive the resume
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_dpo_stage_resumes_dpo_exactly(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe, with_dpo=True), tmp_path / "run"
     killed = run_with_fault("align:kill_at_step=5", "run", str(recipe), "--output", str(out), "--quiet")
@@ -82,6 +85,7 @@ def test_sigkill_in_the_dpo_stage_resumes_dpo_exactly(write_recipe, tmp_path, un
     _assert_same_weights(_weights(out, "align"), uninterrupted["align"])
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
     assert run_with_fault("kill_at_step=10", "run", str(recipe), "--output", str(out), "--quiet").returncode == -9
@@ -94,6 +98,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(write_recipe, tmp_
     _assert_same_weights(_weights(out, "sft"), uninterrupted["sft"])
 
 
+@pytest.mark.slow
 def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
     result = run_with_fault("disk_full_on_save=8", "run", str(recipe), "--output", str(out), "--quiet")
@@ -107,6 +112,7 @@ def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(wri
     _assert_same_weights(_weights(out, "sft"), uninterrupted["sft"])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(write_recipe, tmp_path, uninterrupted):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
     stopped = run_with_fault("sigterm_at_step=6", "run", str(recipe), "--output", str(out), "--quiet")
@@ -134,6 +140,7 @@ def test_injected_nan_stops_naming_the_step(write_recipe, tmp_path):
     assert not (out / "sft" / "model").exists()
 
 
+@pytest.mark.slow
 def test_injected_nan_can_be_skipped_up_to_a_cap(write_recipe, tmp_path):
     recipe, out = _recipe(write_recipe, on_nonfinite="skip", max_skipped_steps=1), tmp_path / "run"
     result = run_with_fault("nan_at_step=3", "run", str(recipe), "--output", str(out), "--quiet")

@@ -29,6 +29,7 @@ def _recipe(write_recipe, name="recipe.yaml", **ppo_overrides):
     return write_recipe(tiny_recipe(sft=quick_sft(max_steps=6), rm=_rm(), ppo=_ppo(**ppo_overrides)), name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [None, {"r": 8, "alpha": 16}], ids=["full", "lora"])
 def test_ppo_runs_and_starts_with_zero_kl_to_its_parent(write_recipe, tmp_path, lora):
     out = tmp_path / "run"
@@ -49,6 +50,7 @@ def test_ppo_runs_and_starts_with_zero_kl_to_its_parent(write_recipe, tmp_path, 
     assert not (out / "ppo" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_ppo_resumes_exactly_after_sigkill(write_recipe, tmp_path):
     clean, broken = tmp_path / "clean", tmp_path / "broken"
     recipe = _recipe(write_recipe)
@@ -76,6 +78,7 @@ def test_ppo_refuses_a_weak_reward_model_before_any_rollout(write_recipe, tmp_pa
     assert not (out / "ppo" / "checkpoints").exists() and not (out / "ppo" / "model").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rloo", "grpo"])
 def test_critic_free_stages_train_against_the_same_scorer(write_recipe, tmp_path, kind):
     out = tmp_path / "run"

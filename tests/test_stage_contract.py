@@ -29,6 +29,7 @@ def _plugin_recipe(write_recipe, **sft_overrides) -> Path:
     return write_recipe(recipe)
 
 
+@pytest.mark.slow
 def test_a_plugin_of_a_new_role_feeds_a_later_stage(tmp_path, write_recipe):
     recipe, out, env = _plugin_recipe(write_recipe), tmp_path / "run", {"PYTHONPATH": str(PLUGIN), "COLUMNS": "250"}
 
