@@ -21,18 +21,17 @@ import hashlib
 import json
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from dataclasses import dataclass
-
 from posttrain import gguf_import
 from posttrain.atomic import atomic_directory, is_committed
+from posttrain.data.sources import BUILTIN_PREFIX  # one spelling for built-in models and data
 from posttrain.errors import PosttrainError, StageError
 from posttrain.run_layout import RunLayout
 from posttrain.stage import BASE, Role
-
-BUILTIN_PREFIX = "builtin:"
 
 
 @dataclass(frozen=True)
