@@ -9,7 +9,6 @@ installed through PYTHONPATH.
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import os
 import subprocess
@@ -86,7 +85,6 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> Cli
             status = 1
         finally:
             os.chdir(start)
-    gc.collect()  # models of this run go now, not at some later test's allocation
     return CliResult(list(args), status, stdout.getvalue(), stderr.getvalue())
 
 

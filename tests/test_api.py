@@ -12,6 +12,7 @@ from posttrain.errors import RecipeError
 from posttrain.results import RunResults, load_results
 
 
+@pytest.mark.slow  # a whole recipe (SFT, DPO, eval) twice
 def test_run_returns_typed_results_equal_to_results_json(write_recipe, tmp_path):
     recipe = write_recipe(tiny_recipe(sft=quick_sft(), align=quick_dpo(), ev={"kind": "eval", "tasks": ["world_skills"], "limit": 8}))
     out = tmp_path / "run"

@@ -2,7 +2,8 @@
 results.json, one set of settings for every model, the evaluation cache, and `posttrain compare`.
 
 One short run (SFT, reward model, DPO, eval on a few documents per task) is shared; tests
-that change a run work on a copy of it.
+that change a run work on a copy of it. A whole recipe end to end: marked slow (`make
+test-slow`); tests/test_eval_results.py covers results, gates and reports in `make test`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from html.parser import HTMLParser
 import pytest
 
 from conftest import quick_dpo, quick_sft, run_cli, tiny_recipe
+
+pytestmark = pytest.mark.slow
 
 LIMIT = 6  # documents per task: enough for distinct numbers, quick on two cores
 TASKS = ["world_skills", "world_safety", "world_over_refusal", "world_format"]
@@ -197,7 +200,6 @@ def test_html_report_is_self_contained_and_its_images_are_pngs(run):
     assert "Side by side" in html and examples[0]["prompt"] in markdown
 
 
-@pytest.mark.slow
 def test_an_unchanged_model_is_served_from_the_eval_cache(run, tmp_path):
     recipe, source, _ = run
     out = tmp_path / "run"
@@ -219,7 +221,6 @@ def test_an_unchanged_model_is_served_from_the_eval_cache(run, tmp_path):
     assert _results(out)["evaluation"]["models"]["sft"] == before["models"]["sft"]
 
 
-@pytest.mark.slow
 def test_compare_reports_across_runs(run, tmp_path):
     recipe, source, _ = run
     other = tmp_path / "beta"

@@ -3,7 +3,8 @@
 Each fault comes from the test-only hook plugin in tests/fault_plugin/ (a `posttrain.hooks`
 entry point, armed by POSTTRAIN_TEST_FAULT) in a real `posttrain run` subprocess; resumed
 weights, from a run in this process, are compared with an uninterrupted run. The exact-resume
-tests are marked slow (`make test-slow`); the NaN stop and the run lock stay in `make test`.
+tests and the run lock are marked slow (`make test-slow`); the NaN stop, which exercises the
+hook plugin end to end, stays in `make test`.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def test_injected_nan_can_be_skipped_up_to_a_cap(write_recipe, tmp_path):
         assert torch.isfinite(tensor).all()
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_directory_fails_fast(write_recipe, tmp_path):
     recipe, out = _recipe(write_recipe), tmp_path / "run"
     long_run = ["--set", "stages.sft.max_steps=100000"]  # still training when the second run starts

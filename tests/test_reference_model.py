@@ -21,6 +21,9 @@ LORA = {"r": 8, "alpha": 16}
 def _run_sft_then_build_dpo(write_recipe, tmp_path, sft_overrides: dict, dpo_overrides: dict, run_dir: Path | None = None):
     """Run the SFT stage for real, then build (not train) the DPO stage's trainer on its output."""
     run_dir = run_dir or tmp_path / "run"
+    # Exact equality of logits is a float32 claim: under bf16 autocast (precision: auto on a CPU with
+    # AVX512-BF16) the same weights give logits that differ in the last bits between code paths.
+    sft_overrides, dpo_overrides = {"precision": "fp32", **sft_overrides}, {"precision": "fp32", **dpo_overrides}
     sft_only = load_recipe(write_recipe(tiny_recipe(sft=quick_sft(**sft_overrides)), "sft.yaml"))
     Pipeline(sft_only, run_dir).run()
     recipe = load_recipe(write_recipe(tiny_recipe(sft=quick_sft(**sft_overrides), align=quick_dpo(**dpo_overrides)), "both.yaml"))
