@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -249,7 +250,11 @@ def test_a_file_that_lacks_weights_is_one_line_when_imported_before_anything_tra
     recipe = str(write_recipe(_recipe(path)))
     assert run_cli("validate", recipe).returncode == 0  # its header is sound: only loading it shows the gap
     out = tmp_path / "run"
-    line = _one_error_line(run_cli("run", recipe, "--output", str(out), "--quiet"))
+    result = run_cli("run", recipe, "--output", str(out), "--quiet")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if not re.match(r"^\d\d:\d\d:\d\d ", line) and line.strip()]
+    assert len(errors) == 1, result.stderr  # one error line; the timestamped lines before it are progress ("importing base ...")
+    line = errors[0]
     assert str(path) in line and "lacks weights a LlamaForCausalLM needs (model.layers.0.mlp.up_proj.weight)" in line
     assert not (out / "sft").exists() and not is_committed(out / ".imported" / "incomplete")
 
