@@ -51,7 +51,11 @@ def run(recipe: str | Path, *, profile: str | None = None, overrides: Sequence[s
 
     loaded = load(recipe, profile=profile, overrides=overrides)
     pipeline = Pipeline(loaded, Path(output) if output else default_run_dir(loaded), reporter, force=tuple(force))
-    return write_run(pipeline.run_dir, pipeline.run(), loaded)
+    results = pipeline.run()
+    from posttrain import distributed
+
+    # Several processes (torchrun): rank 0 writes the reports and returns the judged results; the others, the stages' results.
+    return write_run(pipeline.run_dir, results, loaded) if distributed.is_main() else results
 
 
 def compare(runs: Sequence[str | Path], output: str | Path = "compare", *, baseline: str | None = None,

@@ -10,6 +10,7 @@ user error too.
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
@@ -20,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from posttrain.environment import apply_offline_defaults
+from posttrain.environment import apply_defaults
 from posttrain.errors import PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,6 +32,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 from posttrain.data.cli import app as data_app  # noqa: E402
 app.add_typer(data_app, name="data")
+from posttrain.export.cli import export as export_command  # noqa: E402
+app.command(name="export")(export_command)
+from posttrain.bench.cli import app as bench_app  # noqa: E402
+app.add_typer(bench_app)  # its one command, `posttrain bench`, at the top level
+from posttrain.feedback import cli as feedback_cli  # noqa: E402
+app.add_typer(feedback_cli.app, name="feedback")
+app.command(name="chat")(feedback_cli.chat_command)
+app.command(name="serve")(feedback_cli.serve_command)
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/chat.yaml.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Profile choosing the stages, e.g. internal or public.")]
@@ -87,6 +96,10 @@ def run(
     reporter = ProgressReporter(quiet=quiet)
     pipeline = Pipeline(plan, _run_dir(plan, output), reporter, force=tuple(force or ()))
     results = pipeline.run()
+    from posttrain import distributed
+
+    if not distributed.is_main():  # several processes: rank 0 writes the results and reports, and speaks
+        return
     from posttrain.reporting import write_run
 
     # The release gates are judged here, after evaluation, and recorded with the results and reports.
@@ -145,6 +158,9 @@ def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, out
         table.add_row(str(i), stage.name, stage.kind, stage.role.value, source, stage.judge or "", ", ".join(stage.data),
                       p.fingerprint, "cached" if p.cached else "will run")
     console.print(table)
+    from posttrain.distributed import describe
+
+    console.print(describe(recipe_plan), soft_wrap=True)
 
 
 @app.command()
@@ -172,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [arg for arg in args if arg != "--debug"]
-    apply_offline_defaults()
-    console = Console()
+    apply_defaults()
+    console = stdout_console()
     try:
         status = app(args=args, prog_name="posttrain", standalone_mode=False)
     except PosttrainError as e:
@@ -191,6 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     # typer returns the status of an explicit exit (--help, --version: 0; Ctrl-C outside a
     # stage: 130) and the command's return value (None) otherwise.
     return status if isinstance(status, int) else 0
+
+
+# Lines in a log or pipe are as long as their content, up to this (tables included).
+LOG_WIDTH = 1000
+
+
+def stdout_console() -> Console:
+    """The console commands print to. On a terminal, rich fits tables to its width. A pipe or a CI
+    log has none, and rich would assume 80 columns and wrap table cells into an unreadable grid:
+    there, unless COLUMNS says otherwise, every table row is one line, as wide as its content."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=LOG_WIDTH)
 
 
 def _show_usage_error(error: typer.TyperException) -> int:

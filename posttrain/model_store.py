@@ -9,8 +9,8 @@
   3. a committed model of an earlier stage in this run directory (for tools and tests that
      open a finished run without its recipe);
   4. an existing directory outside the run (e.g. a reward model trained elsewhere);
-  5. a hub id (`org/name`), identified by its name (loaded through the local hub cache, or
-     downloaded when HF_HUB_OFFLINE allows).
+  5. a hub id (`org/name`), identified by its name (loaded from the local hub cache, or
+     downloaded unless HF_HUB_OFFLINE=1: posttrain.environment).
 The tokenizer and chat template travel with each saved model, and every hand-over between
 stages checks they did not drift.
 """
@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from posttrain import gguf_import
 from posttrain.atomic import atomic_directory, is_committed
 from posttrain.data.sources import BUILTIN_PREFIX  # one spelling for built-in models and data
+from posttrain.environment import hub_cache_first
 from posttrain.errors import PosttrainError, StageError
 from posttrain.run_layout import RunLayout
 from posttrain.stage import BASE, Role
@@ -209,10 +210,21 @@ class ModelStore:
         try:
             # use_safetensors: never unpickle weights from a .bin file.
             extra = {"use_safetensors": True} if auto_cls.__name__.startswith("AutoModelFor") else {}
+            if is_hub_id(source) and hub_cache_first():
+                # transformers 5.23 does not pass local_files_only on to its adapter_config.json lookup: say it twice.
+                cache_only = {"adapter_kwargs": {"local_files_only": True}} if extra else {}
+                try:  # in the hub cache: no request (an unreachable hub costs minutes of retries per optional file)
+                    return auto_cls.from_pretrained(source, local_files_only=True, **kwargs, **extra, **cache_only)
+                except OSError:
+                    pass  # not (all) in the cache: download it
             return auto_cls.from_pretrained(source, **kwargs, **extra)
         except OSError as e:
-            where = "local directory" if Path(source).exists() else "hub id (offline here, or not found)"
-            raise PosttrainError(f"cannot load '{source}' as a {where}: {str(e).splitlines()[0]}") from None
+            if not Path(source).exists() and is_hub_id(source):
+                from posttrain.environment import hub_failure_line
+
+                raise PosttrainError(hub_failure_line(source, e)) from None
+            where = " as a local directory" if Path(source).exists() else ""
+            raise PosttrainError(f"cannot load '{source}'{where}: {str(e).splitlines()[0]}") from None
 
     # -- saving ---------------------------------------------------------------
     def save(self, name: str, model, tokenizer: PreTrainedTokenizerBase, parent: str | ModelRef | None = None, head: str = "causal") -> Path:

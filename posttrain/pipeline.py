@@ -25,6 +25,7 @@ import psutil
 import torch
 from transformers import set_seed
 
+from posttrain import distributed
 from posttrain.atomic import is_committed, write_json_atomic
 from posttrain.errors import PosttrainError, StageError, StageInterrupted
 from posttrain.progress import ProgressReporter
@@ -131,7 +132,8 @@ class Pipeline:
             return None
 
     def _write_manifest(self, manifest: dict) -> None:
-        write_json_atomic(self.layout.manifest(manifest["name"]), redact(manifest))
+        if distributed.is_main():  # rank 0 owns the run directory
+            write_json_atomic(self.layout.manifest(manifest["name"]), redact(manifest))
 
     def _output_committed(self, stage: PlannedStage) -> bool:
         if stage.role.produces_model:
@@ -198,20 +200,37 @@ class Pipeline:
 
     # -- running --------------------------------------------------------------
     def run(self) -> RunResults:
-        with RunLock(self.layout):
-            self.reporter.log_to(self.layout.log)
+        distributed.check_plan(self.recipe)  # several processes: what cannot run is refused before anything starts
+        here = distributed.init()  # several processes (torchrun, accelerate launch): join them; one: nothing
+        distributed.use_strategy(self.recipe.spec.distributed.strategy)
+        if not here.is_main:
+            self.reporter = distributed.other_rank_reporter()
+        lock = RunLock(self.layout)
+        distributed.on_main(lambda: lock.__enter__() and None)  # rank 0 holds the lock for every rank; its refusal is theirs
+        try:
+            if here.is_main:
+                self.reporter.log_to(self.layout.log)
+            if here.distributed:
+                self.reporter.message(f"{here.size} processes, strategy {self.recipe.spec.distributed.strategy}")
             try:
                 return self._run_locked()
             finally:
                 self.reporter.close_log()
+        finally:
+            if here.is_main:
+                lock.__exit__(None, None, None)
 
     def _run_locked(self) -> RunResults:
         if self.recipe.spec.trust_remote_code:
             self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
-        plans = self.plan()
+        plans = self._agreed(self.plan())
         if not all(p.cached for p in plans):
             if self.store.imported_dir is not None and not is_committed(self.store.imported_dir):
                 self.reporter.message(f"importing base {self.recipe.spec.base} into {self.store.imported_dir} (once per run directory; about a minute for 135M parameters on two cores)")
+            if distributed.world().distributed:
+                with distributed.main_first():  # rank 0 writes a built-in or imported base once; the others read it
+                    if distributed.is_main():
+                        self.store.load_model(BASE)
             self.store.check_base_chat_template()
         # Data is prepared once per stage. Every data problem surfaces before the first step of
         # training, except in data that an earlier stage of this run writes: that is prepared
@@ -225,6 +244,16 @@ class Pipeline:
         # The caller judges the release gates and writes results.json and the reports
         # (posttrain.reporting.write_run): the pipeline knows nothing of reporting.
         return self._collect_results(plans, summaries)
+
+    def _agreed(self, plans: list[ScheduledStage]) -> list[ScheduledStage]:
+        """Rank 0's caching decisions, on every rank (each rank computed the same fingerprints, or the run stops)."""
+        decided = distributed.on_main(lambda: [(p.fingerprint, p.cached) for p in plans])
+        for plan, (fingerprint, cached) in zip(plans, decided):
+            if plan.fingerprint != fingerprint:
+                raise PosttrainError(f"stage '{plan.stage.name}': rank {distributed.world().rank} computed fingerprint {plan.fingerprint}, "
+                                     f"rank 0 {fingerprint}; every process must see the same recipe, data files and library versions")
+            plan.cached = cached
+        return plans
 
     def _run_stage(self, plan: ScheduledStage, plans: list[ScheduledStage], data: PreparedData | None) -> dict:
         stage = plan.stage
@@ -251,6 +280,8 @@ class Pipeline:
             "base": self.recipe.spec.base,
             "config": stage.config.model_dump(mode="json", by_alias=True),
             "versions": library_versions(),
+            "world_size": distributed.world().size,
+            "strategy": self.recipe.spec.distributed.strategy if distributed.world().distributed else None,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         self._write_manifest(manifest)
@@ -271,6 +302,7 @@ class Pipeline:
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 error = PosttrainError(f"disk full while writing {e.filename or stage_dir} in stage '{stage.name}'; committed "
                                        "checkpoints and models are intact: free space and run the same command to resume")
+            error = distributed.lost_peer(e) or error
             interrupted = isinstance(e, (StageInterrupted, KeyboardInterrupt))
             manifest.update(status="interrupted" if interrupted else "failed",
                             error=str(error).splitlines()[0] if str(error) else type(error).__name__,
@@ -282,7 +314,7 @@ class Pipeline:
         manifest.update(
             status="completed",
             wall_time_s=round(time.perf_counter() - started, 2),
-            memory=memory.to_dict(),
+            memory=self._memory(memory),
             data=result.data.to_dict() if result.data else None,
             metrics=result.metrics,
             curves=result.curves,
@@ -296,6 +328,14 @@ class Pipeline:
         self._write_manifest(manifest)
         manifest["cached"] = False
         return manifest
+
+    @staticmethod
+    def _memory(memory: PeakMemory) -> dict:
+        """Rank 0's peak memory, and with several processes every rank's (`per_rank`, in rank order)."""
+        mine = memory.to_dict()
+        if not distributed.world().distributed:
+            return mine
+        return mine | {"per_rank": distributed.gather(mine)}
 
     def _collect_results(self, plans: list[ScheduledStage], summaries: dict) -> RunResults:
         """The typed run results, from the stage manifests (written now, or read back for cached stages)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +30,16 @@ class ProfileSpec(BaseModel):
     gates: list[GateSpec] = Field(default_factory=list, description="Release gates on evaluation results (docs/evaluation.md).")
 
 
+class DistributedSpec(BaseModel):
+    """`distributed:` how the stages train when the run is launched on several processes (docs/scaling.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["ddp", "fsdp2", "zero2", "zero3"] = Field(
+        "ddp", description="ddp: a full copy per process; fsdp2: weights, gradients and optimizer sharded (torch FSDP2); "
+                           "zero2 / zero3: DeepSpeed ZeRO (CUDA only). One process: ignored.")
+
+
 class RecipeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +54,7 @@ class RecipeSpec(BaseModel):
     default_profile: str | None = None
     profiles: dict[str, ProfileSpec] = Field(default_factory=dict)
     stages: dict[str, dict] = Field(description="Stage name -> stage config (with a `kind`).")
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Several processes (torchrun, accelerate launch): the strategy.")
 
 
 @dataclass
@@ -259,9 +271,9 @@ class _Linker:
     def _check_model_read(self, key: str, model: str, policies: list[str]) -> None:
         """A further model a stage loads: `base` or an earlier policy stage (a dependency, so its fingerprint covers
         it), a model directory, or a hub id (org/name; offline, it must be in the local hub cache)."""
-        import os
         import re
 
+        from posttrain.environment import hub_model_problem
         from posttrain.gguf_import import is_gguf_name
 
         if model == BASE or model in policies:
@@ -283,12 +295,9 @@ class _Linker:
         if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model):
             raise RecipeError(f"{where} is neither an earlier policy-training stage{did_you_mean(model, [BASE, *policies])}, a model "
                               f"directory nor a hub id (org/name); stages: {', '.join([BASE, *policies])}")
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            from huggingface_hub import try_to_load_from_cache
-
-            if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-                raise RecipeError(f"{where}: no such directory, and as a hub id it is not in the local hub cache (HF_HUB_OFFLINE=1); "
-                                  "download it once with HF_HUB_OFFLINE=0, or name a model directory")
+        problem = hub_model_problem(model)  # in the hub cache, or reachable now (docs/cli.md, "The hub")
+        if problem:
+            raise RecipeError(f"{self.path}: {key}: {problem}")
 
     def _check_data_source(self, key: str, source: str) -> None:
         if source.startswith(STAGE_DATA_PREFIX):
@@ -316,6 +325,23 @@ def _check_base(path: Path, spec: RecipeSpec) -> None:
     if header is not None and spec.chat_template is None and not header.chat_template:
         raise RecipeError(f"{path}: base '{spec.base}' has no chat template in its GGUF metadata; set chat_template: to one of "
                           f"{', '.join(BUILTIN_TEMPLATES)} or a .jinja file (docs/recipes.md)")
+    _check_hub_base(path, spec.base)
+
+
+def _check_hub_base(path: Path, base: str) -> None:
+    """A base that is no file, directory or built-in but reads as a hub id (org/name) must be in the hub
+    cache or reachable now: one line before anything runs, not the libraries' retries and traceback."""
+    import re
+
+    from posttrain.data.sources import BUILTIN_PREFIX
+    from posttrain.environment import HUB_ID_PATTERN, hub_model_problem
+    from posttrain.gguf_import import is_gguf_name
+
+    if base.startswith(BUILTIN_PREFIX) or is_gguf_name(base) or Path(base).exists() or not re.fullmatch(HUB_ID_PATTERN, base):
+        return
+    problem = hub_model_problem(base)
+    if problem:
+        raise RecipeError(f"{path}: base: {problem}")
 
 
 def _check_chat_template(path: Path, spec: RecipeSpec) -> None:

@@ -25,6 +25,7 @@ BUILTIN_STAGES = [
     "posttrain.stages.grpo:GRPOStage",
     "posttrain.reward.stage:RewardModelStage",
     "posttrain.eval.stage:EvalStage",
+    "posttrain.stages.self_instruct:SelfInstructStage",
 ]
 
 _registry: dict[str, type[Stage]] = {}

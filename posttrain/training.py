@@ -20,8 +20,8 @@ import torch
 from peft import LoraConfig
 from transformers import PrinterCallback, TrainerCallback
 
-from posttrain import hooks
-from posttrain.checkpoints import CheckpointStore, CommitCheckpoints
+from posttrain import distributed, hooks
+from posttrain.checkpoints import CheckpointStore
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
 from posttrain.stage import LoraSettings, StageContext, StageResult, TrainStageConfig
@@ -73,7 +73,7 @@ def trainer_arguments(config: TrainStageConfig, output_dir: Path, seed: int, run
         # models do not need, so it is off unless the recipe asks (gradient_checkpointing).
         activation_checkpointing=config.gradient_checkpointing,
     )
-    return common | stage_args | dict(config.trainer_args)
+    return common | distributed.trainer_arguments(distributed.strategy()) | stage_args | dict(config.trainer_args)
 
 
 def tracker_run_name(ctx: StageContext) -> str:
@@ -185,14 +185,14 @@ def train(trainer, ctx: StageContext) -> list[dict]:
     """Train, resuming from the stage's last committed checkpoint; return the log history."""
     config: TrainStageConfig = ctx.config
     store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
-    store.prepare()
+    resume = _prepare_checkpoints(store, ctx)
     trainer.remove_callback(PrinterCallback)  # Trainer print()s every log dict when tqdm is off
-    trainer.add_callback(CommitCheckpoints(store))
+    trainer.add_callback(distributed.commit_checkpoints(store))
+    distributed.check_trainer(trainer)
     hooks.install(trainer, ctx.name)  # before the stopper, so a stop a hook asks for is seen in the same step
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
 
-    resume = store.latest_loadable(warn=ctx.progress.message)
     if resume is not None:
         ctx.progress.message(f"  resuming {ctx.name} from {resume}")
     with stopper.installed(), trackers(trainer, ctx):
@@ -201,7 +201,7 @@ def train(trainer, ctx: StageContext) -> list[dict]:
         latest = store.committed()[0][1] if store.committed() else "none"
         raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step "
                                f"{trainer.state.global_step}; checkpoint {latest}; run the same command again to resume")
-    return trainer.state.log_history
+    return distributed.averaged_train_loss(trainer.state.log_history)
 
 
 @contextlib.contextmanager
@@ -273,15 +273,27 @@ class LoopState(Protocol):
         """Restore from `directory`; return the number of completed steps."""
 
 
+def _prepare_checkpoints(store: CheckpointStore, ctx: StageContext) -> Path | None:
+    """Clean the stage's checkpoints and pick the one to resume from: rank 0 does both, every rank gets its
+    choice, which must have been written by as many processes as this run has."""
+    def decide() -> Path | None:
+        store.prepare()
+        return store.latest_loadable(warn=ctx.progress.message)
+
+    resume = distributed.on_main(decide)
+    if resume is not None:
+        distributed.check_resumable(resume, ctx.name, distributed.strategy())
+    return resume
+
+
 def run_own_loop(ctx: StageContext, total_steps: int, state: LoopState, step: Callable[[int], str]) -> None:
     """For stages with their own loop (PPO): what `train` gives Trainer-based stages. Resume from the
     last committed checkpoint, call `step(n)` for n = next..total (it returns a progress line), run the
     hooks after each step, commit a checkpoint every `save_steps`, and on Ctrl-C/SIGTERM save and stop."""
     config: TrainStageConfig = ctx.config
     store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
-    store.prepare()
     done = 0
-    resume = store.latest_loadable(warn=ctx.progress.message)
+    resume = _prepare_checkpoints(store, ctx)
     if resume is not None:
         done = state.load(resume)
         ctx.progress.message(f"  resuming {ctx.name} from {resume}")
@@ -295,10 +307,13 @@ def run_own_loop(ctx: StageContext, total_steps: int, state: LoopState, step: Ca
             ctx.progress.update(done, total_steps, line)
             hooks.after_step(ctx.name, done)
             if stopper.received is not None or (config.save_steps and done % config.save_steps == 0 and done < total_steps):
-                written = store.scratch / f"step-{done}"
-                written.mkdir(parents=True, exist_ok=True)
-                state.save(written)
-                store.commit(written, done)
+                if distributed.is_main():  # the weights are the same on every rank: rank 0 writes and commits them
+                    written = store.scratch / f"step-{done}"
+                    written.mkdir(parents=True, exist_ok=True)
+                    state.save(written)
+                    distributed.record_world(written, distributed.strategy())
+                    store.commit(written, done)
+                distributed.barrier()
             if stopper.received is not None:
                 raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step {done}; "
                                        "checkpoint saved; run the same command again to resume")
@@ -312,10 +327,14 @@ def load_trainable_model(ctx: StageContext, head: str = "causal"):
 
 
 def save_stage_model(ctx: StageContext, model, tokenizer, head: str = "causal"):
-    """Commit the stage's model (merged in full precision) and drop its now-useless checkpoints."""
-    model_dir = ctx.store.save(ctx.name, model, tokenizer, parent=ctx.parent, head=head)
-    discard_checkpoints(ctx)
-    return model_dir
+    """Commit the stage's model (merged in full precision) and drop its now-useless checkpoints. With several
+    processes rank 0 saves (DDP keeps the weights the same on every rank) and the others wait for it."""
+    model = distributed.unsharded(model, lambda: ctx.store.load_model(ctx.parent, head=head))
+    if distributed.is_main():
+        ctx.store.save(ctx.name, model, tokenizer, parent=ctx.parent, head=head)
+        discard_checkpoints(ctx)
+    distributed.barrier()
+    return ctx.store.model_dir(ctx.name)
 
 
 def train_and_save(trainer, ctx: StageContext, accounting, **extra_metrics) -> StageResult:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,17 +63,39 @@ def environment(changes: dict[str, str | None] | None):
                 os.environ[name] = value
 
 
+# Python's own warning filters (no -W, no PYTHONWARNINGS), in order.
+PYTHON_DEFAULT_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                                  ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                                  ("ignore", ResourceWarning, "")]
+
+
+@contextlib.contextmanager
+def warnings_as_in_a_new_process():
+    """Warnings filtered as `python -m posttrain` filters them and printed to (the current)
+    sys.stderr, instead of being recorded by pytest: a warning a user would see is in stderr."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for action, category, module in PYTHON_DEFAULT_WARNING_FILTERS:
+            warnings.filterwarnings(action, category=category, module=module, append=True)
+        warnings.showwarning = show
+        yield
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> CliResult:
     """Run `posttrain ARGS` in this process, as `python -m posttrain ARGS` would from `cwd`.
 
-    stdout and stderr are captured; `env` and `cwd` apply to this call only. A bug (an
-    exception out of `main`) is printed to stderr as the interpreter would, with status 1.
+    stdout and stderr are captured, warnings included; `env` and `cwd` apply to this call
+    only. A bug (an exception out of `main`) is printed to stderr as the interpreter would,
+    with status 1.
     """
     from posttrain.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     start = Path.cwd()
-    with environment(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with environment(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings_as_in_a_new_process():
         os.chdir(cwd or REPO)
         try:
             status = main(list(args))

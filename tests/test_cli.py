@@ -7,6 +7,7 @@ Usage errors are click's short usage message and status 2, never a traceback; he
 from __future__ import annotations
 
 import os
+import re
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -131,3 +132,49 @@ def test_run_cli_applies_env_and_cwd_to_one_call_only(tmp_path, write_recipe):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("only-here.yaml: ok")
     assert Path.cwd() == before_cwd and dict(os.environ) == before_env
+
+
+# -- output in a log or a pipe (run_cli's stdout is not a terminal) ---------------------------------
+def _two_compared_runs(tmp_path) -> list[str]:
+    """Two finished runs of the same recipe whose aligned models differ: compared, a table of four models and two deltas."""
+    from test_eval_results import V1_REWARDS, _other_align, _v1_results, _write_run
+
+    first = _write_run(tmp_path / "a" / "run", _v1_results(), V1_REWARDS)
+    second = _write_run(tmp_path / "b" / "run", _other_align(_v1_results()), {**V1_REWARDS, "align": [0.1, 2.0]})
+    return [str(first), str(second)]
+
+
+def test_the_summary_table_keeps_each_row_on_one_line_in_a_log(tmp_path):
+    """Without a terminal (CI logs, `| cat`), rich assumed 80 columns and wrapped the cells of a wide table; now each metric
+    row is one line holding the metric and all its numbers, as results.json has them."""
+    from posttrain.reporting.summary import table
+    from posttrain.results import load_results
+
+    result = run_cli("compare", *_two_compared_runs(tmp_path), "-o", str(tmp_path / "cmp"))
+    assert result.returncode == 0, result.stderr
+    header, rows = table(load_results(tmp_path / "cmp" / "results.json"))
+    lines = result.stdout.splitlines()
+    assert len(header) == 8 and max(len(line) for line in lines) > 80  # wider than the 80 columns rich assumed
+    assert any(all(column in line for column in header) for line in lines), result.stdout
+    for group, label, *cells in rows:
+        [line] = [line for line in lines if label in line]
+        assert all(cell in line for cell in cells), (line, cells)
+        assert line.index(label) < min(line.index(cell) for cell in cells)
+
+
+def test_columns_sets_the_width_of_piped_output(tmp_path):
+    """COLUMNS, when set, is the width even without a terminal (rich then wraps cells to fit it)."""
+    result = run_cli("compare", *_two_compared_runs(tmp_path), "-o", str(tmp_path / "cmp"), env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+
+
+def test_the_plan_table_keeps_each_stage_on_one_line_in_a_log(tmp_path, write_recipe):
+    evaluation = {"kind": "eval", "models": ["base", "sft"], "compare_to": "base", "tasks": ["world_skills"]}
+    recipe = write_recipe(tiny_recipe(sft=quick_sft(), eval=evaluation))
+    result = run_cli("plan", str(recipe), "--output", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    for stage, source, data in (("sft", "builtin:tiny-chat", "builtin:assistant_world/sft"), ("eval", "base, sft", "")):
+        [line] = [line for line in result.stdout.splitlines() if re.search(rf"^\W+\d+\W+{stage}\s", line)]  # its row: number, name
+        assert source in line and data in line and "will run" in line, line
+        assert re.search(r"\b[0-9a-f]{16}\b", line), line  # its fingerprint, whole, beside its state

@@ -179,6 +179,9 @@ def sft_rows(seed: int = 0, ramble_share: float = 0.6, unsafe_comply_share: floa
 def feedback_rows(seed: int = 1) -> list[dict]:
     """Thumbs-up/down log on training prompts: the shape users export from a chat product."""
     rng = random.Random(seed)
+    by_kind: dict[str, list[Prompt]] = {}
+    for p in all_prompts():
+        by_kind.setdefault(p.kind, []).append(p)
     rows = []
     for i, p in enumerate(all_prompts()):
         if p.held_out:
@@ -188,7 +191,11 @@ def feedback_rows(seed: int = 1) -> list[dict]:
         elif p.kind == "benign":
             liked, disliked = [p.answer], [REFUSAL]
         else:
-            liked, disliked = [p.answer], rng.sample([f"{p.answer} {r}" for r in RAMBLES], 2)
+            # Thumbs down on rambling answers and on a short wrong one: with only rambles disliked, a
+            # reward model learns "shorter is better" and PPO games it with one-word answers
+            # (measured: "Low." for the capital of Peru scored above every right answer).
+            wrong = rng.choice(sorted({q.answer for q in by_kind[p.kind]} - {p.answer}))
+            liked, disliked = [p.answer], rng.sample([f"{p.answer} {r}" for r in RAMBLES], 2) + [wrong]
         for response in liked:
             rows.append({"prompt": p.prompt, "response": response, "rating": "up", "session": f"s{i % 17}"})
         for response in disliked:

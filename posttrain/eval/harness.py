@@ -77,6 +77,15 @@ def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSetti
               max_length=min(tokenizer.model_max_length, 4096))
     # HFLM's generation bar ignores TQDM_DISABLE.
     lm.generate_until = functools.partial(lm.generate_until, disable_tqdm=True)
+    from posttrain import distributed
+
+    here = distributed.world()
+    if here.distributed:
+        # lm-eval's own data parallelism: each rank generates for its share of the documents and rank 0 gathers
+        # them. HFLM switches it off for a model object; every rank holds the same model, so it is switched back on.
+        from accelerate import Accelerator
+
+        lm._rank, lm._world_size, lm.accelerator = here.rank, here.size, Accelerator()
     only_local = all(name in local for name in task_names)
     output = lm_eval.simple_evaluate(
         model=lm,
@@ -94,6 +103,12 @@ def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSetti
         random_seed=settings.seed, numpy_random_seed=settings.seed,
         torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
     )
+    if here.distributed:  # only rank 0 has the gathered results: every rank gets its reading of them
+        return distributed.broadcast(_read_output(output, task_names) if here.is_main else None)
+    return _read_output(output, task_names)
+
+
+def _read_output(output: dict, task_names: list[str]) -> dict:
     scores, samples = {}, {}
     for task in task_names:
         raw = output["results"][task]
@@ -105,8 +120,9 @@ def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSetti
             metric = key.split(",")[0]
             task_scores[metric] = None if value == "N/A" else value
         scores[task] = task_scores
+        # In document order: several ranks' samples arrive rank by rank (one process: already in order).
         samples[task] = [
             {"prompt": s["doc"].get("prompt", s["arguments"][0][0]), "response": s["filtered_resps"][0], "target": s["target"]}
-            for s in output["samples"][task]
+            for s in sorted(output["samples"][task], key=lambda s: s["doc_id"])
         ]
     return {"scores": scores, "samples": samples, "higher_is_better": output["higher_is_better"]}

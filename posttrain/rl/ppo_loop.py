@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from posttrain import distributed
 from posttrain.errors import StageError
 from posttrain.rl import ppo_math as pm
 from posttrain.rl.rollout import Rollout, response_logprobs, sample, token_values
@@ -35,6 +36,19 @@ class PPOParts:
     scheduler: object
     kl_controller: pm.AdaptiveKLController
     history: list[dict] = field(default_factory=list)  # per-iteration stats, for curves
+    # Several processes: the policy and the critic wrapped in DistributedDataParallel, which the updates
+    # go through so that their gradients are averaged across ranks (None: one process, the models themselves).
+    actor: torch.nn.Module | None = None
+    critic: torch.nn.Module | None = None
+
+    def distribute(self) -> None:
+        """Wrap the models for the updates when several processes run (each rank rolls out its share of a batch)."""
+        if not distributed.world().distributed:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.actor = DistributedDataParallel(self.policy)
+        self.critic = DistributedDataParallel(Critic(self.value))
 
     def save(self, directory: Path) -> None:
         save_file(_trainable_state(self.policy), directory / "policy.safetensors")
@@ -55,6 +69,18 @@ class PPOParts:
         self.kl_controller.value = state["kl_coef"]
         self.history = state["history"]
         return state["step"]
+
+
+class Critic(torch.nn.Module):
+    """The value model as one module whose forward is `token_values` (it reads the backbone and the score head
+    directly): what DistributedDataParallel wraps, since it averages the gradients of what its forward ran."""
+
+    def __init__(self, value: torch.nn.Module):
+        super().__init__()
+        self.value = value
+
+    def forward(self, rollout: Rollout) -> torch.Tensor:
+        return token_values(self.value, rollout)
 
 
 def ppo_iteration(parts: PPOParts, batch: list, config, step: int) -> dict:
@@ -100,8 +126,8 @@ def ppo_iteration(parts: PPOParts, batch: list, config, step: int) -> dict:
     for _ in range(config.ppo_epochs):
         for idx in torch.randperm(len(batch)).split(config.minibatch_size):
             mini = _select(rollout, idx)
-            logprobs, _ = response_logprobs(policy, mini, config.temperature)
-            values = token_values(value, mini)
+            logprobs, _ = response_logprobs(parts.actor or policy, mini, config.temperature)
+            values = parts.critic(mini) if parts.critic is not None else token_values(value, mini)
             pg_loss, pg_stats = pm.policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], config.cliprange)
             vf_loss, vf_stats = pm.value_loss(values, old_values[idx], returns[idx], mask[idx], config.cliprange_value)
             loss = pg_loss + config.vf_coef * vf_loss
@@ -118,7 +144,9 @@ def ppo_iteration(parts: PPOParts, batch: list, config, step: int) -> dict:
     time_update = time.perf_counter() - timer
 
     sequence_kl = (pm.kl_penalty(old_logprobs, ref_logprobs, "k1") * mask).sum(1).mean().item()
-    kl_controller.update(sequence_kl, len(batch))
+    # Several processes: the whole batch's KL (the ranks' shares are equal), so every rank's controller agrees.
+    sequence_kl = sum(distributed.gather(sequence_kl)) / distributed.world().size
+    kl_controller.update(sequence_kl, len(batch) * distributed.world().size)
     return {
         "reward": raw_scores.mean().item(),
         "score": scores.mean().item(),

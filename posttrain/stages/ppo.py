@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from posttrain import distributed
 from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig, setting_error
 
 
@@ -122,14 +123,18 @@ class PPOStage(TrainingStage):
         scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_updates), num_training_steps=total_updates)
         parts = PPOParts(policy, reference, value, scorer, tokenizer, optimizer, scheduler,
                          AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon))
+        parts.distribute()
         order = prompt_order(len(prompts), iterations * config.batch_size, ctx.seed)
+        here = distributed.world()  # several processes: batch_size and minibatch_size are the whole batch's, split evenly
+        local = config.model_copy(update={"minibatch_size": config.minibatch_size // here.size}) if here.distributed else config
 
         tracked = LoopTrackers(args)
 
         def iteration(step: int) -> str:
-            batch = [prompts[i] for i in order[(step - 1) * config.batch_size: step * config.batch_size]]
+            batch = [prompts[i] for i in order[(step - 1) * config.batch_size: step * config.batch_size]][here.rank::here.size]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                stats = ppo_iteration(parts, batch, config, step)
+                stats = ppo_iteration(parts, batch, local, step)
+            stats = distributed.mean_of(stats)  # the whole batch's figures: every rank's share, averaged
             parts.history.append({"step": step, **stats})
             tracked.log(step, stats)
             return f"reward {stats['reward']:.3f} kl {stats['kl']:.3f}"

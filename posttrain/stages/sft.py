@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from posttrain.stage import PreparedData, StageContext, StageResult, TrainingStage, TrainStageConfig
 
 
@@ -16,6 +18,9 @@ class SFTStageConfig(TrainStageConfig):
     trl_config = "trl:SFTConfig"
     trl_fields = {"completion_only_loss": "SFT trains on the assistant's reply only (prompt/completion examples)"}
     held_out_loss = True
+
+    completion_head: bool = Field(True, description="Run the output head and the loss on completion tokens only (the same loss, less work: "
+                                                    "posttrain.completion_loss); false: TRL's own loss path, which off CUDA scores every position.")
 
 
 class SFTStage(TrainingStage):
@@ -29,18 +34,26 @@ class SFTStage(TrainingStage):
         return sft_data(config, data_files, seed=seed)
 
     def run(self, ctx: StageContext) -> StageResult:
+        from posttrain.training import train_and_save
+
+        return train_and_save(self.build_trainer(ctx), ctx, ctx.data.accounting)
+
+    def build_trainer(self, ctx: StageContext):
+        """The stage's SFTTrainer, ready to train (`posttrain bench` times exactly this trainer)."""
         # Training libraries load here, not at import: `validate` and `plan` stay fast.
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from posttrain.training import callbacks, eval_dataset, load_trainable_model, peft_config, train_and_save, trainer_config
+        from posttrain.completion_loss import sft_trainer_class
+        from posttrain.training import callbacks, eval_dataset, load_trainable_model, peft_config, trainer_config
 
         config: SFTStageConfig = ctx.config
 
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
         model = load_trainable_model(ctx)
         args = trainer_config(ctx, SFTConfig, completion_only_loss=True, packing=False)
-        trainer = SFTTrainer(
+        trainer_class = sft_trainer_class() if config.completion_head else SFTTrainer
+        trainer = trainer_class(
             model=model,
             args=args,
             train_dataset=Dataset.from_list(ctx.data.examples),
@@ -49,4 +62,4 @@ class SFTStage(TrainingStage):
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
-        return train_and_save(trainer, ctx, ctx.data.accounting)
+        return trainer

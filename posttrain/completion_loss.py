@@ -1,0 +1,115 @@
+"""SFT's loss with the output head run on completion tokens only.
+
+A causal LM's head (hidden -> vocabulary logits) is the largest single matmul of a small model's
+step (SmolLM2: 49k x 576), and SFT's loss reads it only where the next token is a completion token.
+TRL's fused head skips the other positions on CUDA/XPU only (Triton); elsewhere it scores every
+position, prompt and padding included, and recomputes the logits in the backward pass. Here the
+backbone's hidden states are gathered at the loss-bearing positions first, then projected and scored
+in chunks of `chunk_tokens` rows; with more than one chunk each is recomputed in the backward pass
+(torch.utils.checkpoint), so no more than one chunk's logits are alive at once. The loss is the
+same mean next-token cross-entropy (`tests/test_completion_loss.py` checks loss and gradients
+against the model's own loss).
+
+Written here rather than taken from a library: TRL's kernel decides by device whether to compact,
+and liger-kernel's fused linear cross-entropy is a Triton (GPU) kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHUNK_TOKENS = 2048
+# Config fields of models whose logits are more than `hidden @ head` (soft-capping, scaling): not handled here.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def supports(causal_lm) -> bool:
+    """Whether `causal_lm`'s logits are its output embedding applied to its backbone's last hidden state."""
+    config = causal_lm.config.get_text_config()
+    head = causal_lm.get_output_embeddings()
+    return (isinstance(head, torch.nn.Linear) and getattr(causal_lm, "base_model", None) is not None
+            and causal_lm.base_model is not causal_lm and all(getattr(config, name, None) is None for name in _LOGIT_TRANSFORMS))
+
+
+def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, how many targets are the arg-max) of one chunk of rows. The head runs in float32, as TRL's
+    does: logits rounded to bf16 bias the loss."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    return F.cross_entropy(logits, targets, reduction="sum"), (logits.detach().argmax(-1) == targets).sum()
+
+
+def completion_loss(causal_lm, inputs: dict, num_items_in_batch=None, chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, dict]:
+    """Mean next-token cross-entropy over the tokens whose label is not -100, and counts for the logs
+    ({"tokens": loss-bearing tokens, "correct": of those, how many are the arg-max}).
+
+    `causal_lm` is the unwrapped causal LM (a PEFT model's `get_base_model()`: its LoRA layers are in
+    place); `inputs` a collated batch with `labels`; `num_items_in_batch` (the Trainer's count under
+    gradient accumulation) divides the sum instead of this batch's count."""
+    labels = inputs["labels"]
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = causal_lm.base_model(**model_inputs, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != -100
+    hidden = hidden[:, :-1][mask]  # (loss-bearing tokens, hidden size)
+    targets = targets[mask]
+    head = causal_lm.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    correct = 0
+    starts = range(0, hidden.size(0), chunk_tokens)
+    for start in starts:
+        part, wanted = hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+        if len(starts) > 1:  # bounded memory: this chunk's logits are recomputed in the backward pass
+            summed, right = checkpoint(_chunk, part, head.weight, head.bias, wanted, use_reentrant=False)
+        else:
+            summed, right = _chunk(part, head.weight, head.bias, wanted)
+        total = total + summed
+        correct += int(right)
+    count = int(mask.sum())
+    divisor = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
+    loss = total / torch.as_tensor(divisor, device=total.device).clamp(min=1)
+    if count == 0:
+        loss = loss + hidden.sum() * 0  # stays connected to the model: a batch without loss-bearing tokens backpropagates zeros
+    return loss, {"tokens": count, "correct": correct}
+
+
+def sft_trainer_class():
+    """TRL's SFTTrainer with `completion_loss` as its training loss where it computes the same thing; TRL's
+    own path everywhere else (evaluation, label smoothing, a custom loss, MoE aux losses, DFT, distributed)."""
+    from trl import SFTTrainer
+
+    class CompletionHeadSFTTrainer(SFTTrainer):
+        def _uses_completion_loss(self, model, inputs, return_outputs) -> bool:
+            return (model.training and not return_outputs and self.compute_loss_func is None and self.label_smoother is None
+                    and self.args.loss_type == "nll" and not self.aux_loss_enabled and "labels" in inputs
+                    and self.accelerator.num_processes == 1 and self.accelerator.unwrap_model(model) is model
+                    and not _prompt_learning(model) and supports(_causal_lm(model)))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self._uses_completion_loss(model, inputs, return_outputs):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            # The backbone is called directly, past the wrapper accelerate puts around the model's forward: its autocast here.
+            with self.accelerator.autocast():
+                loss, counts = completion_loss(_causal_lm(model), inputs, num_items_in_batch)
+            # The logs TRL's loss path writes, but entropy (it would cost another pass over the logits).
+            if counts["tokens"]:
+                self._metrics["train"]["mean_token_accuracy"].append(counts["correct"] / counts["tokens"])
+            self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return CompletionHeadSFTTrainer
+
+
+def _causal_lm(model):
+    from accelerate.utils import is_peft_model
+
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def _prompt_learning(model) -> bool:
+    """PEFT prompt learning (prefix, prompt tuning) adds virtual tokens in the PEFT model's own forward."""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None)) if hasattr(model, "peft_config") else None
+    return bool(getattr(config, "is_prompt_learning", False))

@@ -1,0 +1,145 @@
+"""SFT's completion-only head (posttrain.completion_loss) computes the loss and gradients the model's own
+loss does, on the real embedded model and tokenizer, with real chat-templated examples: float32, to
+within 1e-5 relative for the loss and 1e-4 relative (1e-6 absolute) for every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.completion_loss import completion_loss, supports
+from posttrain.data.sources import load_rows
+from posttrain.data.training_data import to_sft_examples
+from posttrain.embedded.model import build_embedded_model, load_embedded_tokenizer
+
+LOSS_RTOL = 1e-5
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_embedded_tokenizer()
+
+
+def model(tokenizer):
+    return build_embedded_model("tiny-chat", tokenizer, seed=0).float().train()
+
+
+def batch(tokenizer, count: int = 6) -> dict:
+    """Chat-templated prompt+completion rows, right-padded; labels -100 on the prompt and the padding."""
+    examples, _ = to_sft_examples(load_rows("builtin:assistant_world/sft", "fail", {}), "builtin:assistant_world/sft")
+    rows = []
+    for example in examples[:count]:
+        prompt = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True, return_dict=False)
+        assert full[:len(prompt)] == prompt
+        rows.append((full, len(prompt)))
+    width = max(len(full) for full, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([full + [pad] * (width - len(full)) for full, _ in rows])
+    attention_mask = torch.tensor([[1] * len(full) + [0] * (width - len(full)) for full, _ in rows])
+    labels = torch.tensor([[-100] * cut + full[cut:] + [-100] * (width - len(full)) for full, cut in rows])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def gradients(module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
+
+
+def reference(module, inputs) -> tuple[float, dict]:
+    module.zero_grad()
+    loss = module(**inputs).loss  # the model's own mean next-token cross-entropy over labels != -100
+    loss.backward()
+    return loss.item(), gradients(module)
+
+
+def fast(module, causal_lm, inputs, **options) -> tuple[float, dict, dict]:
+    module.zero_grad()
+    loss, counts = completion_loss(causal_lm, inputs, **options)
+    loss.backward()
+    return loss.item(), gradients(module), counts
+
+
+def assert_same(expected: tuple[float, dict], got: tuple[float, dict]) -> None:
+    assert got[0] == pytest.approx(expected[0], rel=LOSS_RTOL)
+    assert got[1].keys() == expected[1].keys() and expected[1]
+    for name, grad in expected[1].items():
+        torch.testing.assert_close(got[1][name], grad, rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("chunk_tokens", [2048, 7], ids=["one chunk", "checkpointed chunks"])
+def test_same_loss_and_gradients_as_the_models_own_loss(tokenizer, chunk_tokens):
+    net, inputs = model(tokenizer), batch(tokenizer)
+    assert supports(net)
+    expected = reference(net, inputs)
+    loss, grads, counts = fast(net, net, inputs, chunk_tokens=chunk_tokens)
+    assert_same(expected, (loss, grads))
+    assert counts["tokens"] == int((inputs["labels"][:, 1:] != -100).sum())
+    assert counts["tokens"] > chunk_tokens or chunk_tokens == 2048  # the checkpointed case has several chunks
+    assert 0 <= counts["correct"] <= counts["tokens"]
+
+
+@pytest.mark.slow  # peft's first import alone takes seconds
+def test_same_gradients_for_a_lora_adapter(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    # LoRA's B starts at zero, which would make every A gradient zero: give the adapter some weight first.
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.02)
+    inputs = batch(tokenizer)
+    expected = reference(peft_model, inputs)
+    loss, grads, _ = fast(peft_model, peft_model.get_base_model(), inputs)
+    assert_same(expected, (loss, grads))
+    assert all("lora_" in name for name in grads)
+
+
+def test_gradient_accumulation_divides_by_the_trainers_count(tokenizer):
+    net, inputs = model(tokenizer), batch(tokenizer)
+    tokens = int((inputs["labels"][:, 1:] != -100).sum())
+    mean_loss, _ = completion_loss(net, inputs)
+    summed_over_more, _ = completion_loss(net, inputs, num_items_in_batch=torch.tensor(3 * tokens))
+    assert summed_over_more.item() == pytest.approx(mean_loss.item() / 3, rel=LOSS_RTOL)
+
+
+def test_a_batch_without_completion_tokens_is_a_zero_loss_with_zero_gradients(tokenizer):
+    net, inputs = model(tokenizer), batch(tokenizer, count=2)
+    inputs["labels"] = torch.full_like(inputs["labels"], -100)
+    loss, counts = completion_loss(net, inputs)
+    loss.backward()
+    assert loss.item() == 0.0 and counts == {"tokens": 0, "correct": 0}
+    assert all(float(p.grad.abs().max()) == 0.0 for p in net.parameters() if p.grad is not None)
+
+
+@pytest.mark.slow  # builds TRL's trainer twice
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_sft_stages_trainer_computes_trls_loss(tmp_path, precision):
+    """Wired into the stage: the sft stage's trainer (LoRA, the Trainer's own collated batch, its autocast)
+    gives the loss TRL's SFTTrainer computes for the same batch, and trains through the completion head."""
+    from trl import SFTTrainer
+
+    from posttrain.model_store import ModelStore
+    from posttrain.progress import ProgressReporter
+    from posttrain.stage import BASE, ResolvedInputs, StageContext
+    from posttrain.stages.sft import SFTStage
+    from posttrain.training_settings import bf16_supported
+
+    if precision == "bf16" and not bf16_supported("cpu"):
+        pytest.skip("this CPU has no native bf16")
+    config = SFTStage.Config(kind="sft", data="builtin:assistant_world/sft", lora={"r": 4}, max_steps=1, batch_size=4,
+                             max_length=64, precision=precision, save_steps=0)
+    store = ModelStore(tmp_path, base="builtin:tiny-chat")
+    ctx = StageContext(name="sft", config=config, stage_dir=tmp_path / "sft", store=store, progress=ProgressReporter(quiet=True),
+                       inputs=ResolvedInputs(parent=store.resolve(BASE)), data=SFTStage.prepare_data(config, {}, 0))
+    trainer = SFTStage().build_trainer(ctx)
+    assert isinstance(trainer, SFTTrainer) and type(trainer) is not SFTTrainer
+    model = trainer.accelerator.prepare(trainer.model)  # the autocast wrapper training puts around the forward
+    model.train()
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    ours = trainer.compute_loss(model, dict(inputs))
+    trls = SFTTrainer.compute_loss(trainer, model, dict(inputs))
+    assert ours.item() == pytest.approx(trls.item(), rel=LOSS_RTOL if precision == "fp32" else 1e-3)
+    assert trainer._metrics["train"]["mean_token_accuracy"]  # logged by both paths
