@@ -8,9 +8,10 @@ the saved models and the reports. A decision rank 0 makes (cached or not, which 
 resume from, an error) is broadcast, so every rank acts on the same one. Everything goes
 through torch.distributed: no other transport.
 
-A rank that dies (kill -9, out of memory) is seen by the launcher, which stops the others;
-a collective that waits on a rank that never arrives gives up after `collective_timeout()`
-seconds (POSTTRAIN_COLLECTIVE_TIMEOUT_S), so no rank hangs for good.
+A rank that dies (kill -9, out of memory) fails the others' next collective at once (its connection
+closes) and is seen by the launcher, which stops the rest; a collective that waits on a rank that
+hangs gives up after `collective_timeout()` seconds (POSTTRAIN_COLLECTIVE_TIMEOUT_S), so no rank
+waits for good.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CONFIGS_DIR = Path(__file__).parent / "distributed_configs"  # accelerate config
 # What each built-in stage kind supports on several processes. A plugin's kind declares its own with
 # a `distributed_strategies` class attribute (a tuple of STRATEGIES); a kind that declares nothing runs
 # in one process only, and a multi-process run that plans it is refused before anything trains.
-TRL_TRAINER_STRATEGIES = ("ddp", "fsdp2", "zero2", "zero3")
+TRL_TRAINER_STRATEGIES = STRATEGIES  # the Trainer shards through accelerate (fsdp2, ZeRO) or wraps in DDP
 BUILTIN_SUPPORT: dict[str, tuple[str, ...]] = {
     "sft": TRL_TRAINER_STRATEGIES,
     "dpo": TRL_TRAINER_STRATEGIES,
@@ -46,7 +47,7 @@ BUILTIN_SUPPORT: dict[str, tuple[str, ...]] = {
     "rloo": ("ddp",),
     "grpo": ("ddp",),
     "ppo": ("ddp",),  # our own loop: DistributedDataParallel around the policy and the critic
-    "eval": ("ddp", "fsdp2", "zero2", "zero3"),  # evaluation trains nothing: the strategy does not apply to it
+    "eval": STRATEGIES,  # evaluation trains nothing: the strategy does not apply to it
 }
 
 
@@ -156,7 +157,7 @@ def on_main(decide: Callable[[], T]) -> T:
         try:
             outcome = ("ok", decide())
         except PosttrainError as e:
-            outcome = ("error", (type(e).__name__, str(e), e.exit_code))
+            outcome = ("error", (str(e), e.exit_code))
             broadcast(outcome)
             raise
     outcome = broadcast(outcome)
@@ -165,7 +166,7 @@ def on_main(decide: Callable[[], T]) -> T:
     return outcome[1]
 
 
-def _same_error(name: str, message: str, exit_code: int) -> PosttrainError:
+def _same_error(message: str, exit_code: int) -> PosttrainError:
     error = PosttrainError(message)
     error.exit_code = exit_code
     return error

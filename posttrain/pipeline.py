@@ -3,9 +3,11 @@
 It knows nothing about SFT or DPO: it reads each stage's declared role and inputs, resolves
 them through the model store, prepares every stage's data once, and per stage writes
 `<run>/<stage>/stage.json` (status, role, fingerprint, lineage, data accounting, metrics,
-wall time, peak memory). `run()` returns the typed `RunResults`; writing results.json and
-the reports is the caller's (posttrain.reporting.write_run). One run per directory,
-enforced by an OS lock that dies with its process (a crashed run never leaves it stuck).
+wall time, peak memory, world size and strategy). `run()` returns the typed `RunResults`; writing
+results.json and the reports is the caller's (posttrain.reporting.write_run). One run per directory,
+enforced by an OS lock that dies with its process (a crashed run never leaves it stuck). Launched
+on several processes, rank 0 holds the lock, writes the manifests and decides what is cached, and
+every rank runs every stage (posttrain.distributed, docs/scaling.md).
 """
 
 from __future__ import annotations

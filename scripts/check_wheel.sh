@@ -38,11 +38,12 @@ from pathlib import Path
 wheel, src = sys.argv[1], Path(sys.argv[2])
 names = set(zipfile.ZipFile(wheel).namelist())
 problems = []
-for pattern in ("posttrain/rl/*.py", "posttrain/eval/tasks/*/*.yaml", "posttrain/eval/tasks/*/*.jsonl", "posttrain/embedded/tokenizer/*"):
+DATA = ("posttrain/eval/tasks/*/*.yaml", "posttrain/eval/tasks/*/*.jsonl", "posttrain/embedded/tokenizer/*",
+        "posttrain/feedback/static/*", "posttrain/chat_templates/*")
+for pattern in ("posttrain/rl/*.py", *DATA):
     if not fnmatch.filter(names, pattern):
         problems.append(f"nothing matches {pattern}")
-shipped = [*src.glob("posttrain/**/*.py"), *src.glob("posttrain/eval/tasks/*/*.yaml"),
-           *src.glob("posttrain/eval/tasks/*/*.jsonl"), *src.glob("posttrain/embedded/tokenizer/*")]
+shipped = [*src.glob("posttrain/**/*.py"), *(path for pattern in DATA for path in src.glob(pattern))]
 problems += [f"missing {path.relative_to(src).as_posix()}" for path in sorted(shipped)
              if path.relative_to(src).as_posix() not in names]
 tops = {name.split("/")[0] for name in names}

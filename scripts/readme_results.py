@@ -4,8 +4,8 @@
 
 copies the results to docs/figures/chat-results.json (what the README was written from) and
 rewrites the README between the `results:begin` / `results:end` markers with the same table
-`posttrain run` prints. (A test that checks the README against the recorded file is to come
-with the first recorded run of this round's code.)
+`posttrain run` prints. tests/test_docs.py checks that the README block is the rendering of
+the recorded file.
 """
 
 from __future__ import annotations

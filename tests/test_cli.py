@@ -162,18 +162,24 @@ def test_the_summary_table_keeps_each_row_on_one_line_in_a_log(tmp_path):
         assert line.index(label) < min(line.index(cell) for cell in cells)
 
 
-def test_columns_sets_the_width_of_piped_output(tmp_path):
-    """COLUMNS, when set, is the width even without a terminal (rich then wraps cells to fit it)."""
-    result = run_cli("compare", *_two_compared_runs(tmp_path), "-o", str(tmp_path / "cmp"), env={"COLUMNS": "100"})
+def _plan_of_two_stages(tmp_path, write_recipe, env: dict | None = None):
+    evaluation = {"kind": "eval", "models": ["base", "sft"], "compare_to": "base", "tasks": ["world_skills"]}
+    result = run_cli("plan", str(write_recipe(tiny_recipe(sft=quick_sft(), eval=evaluation))), "--output", str(tmp_path / "run"), env=env)
     assert result.returncode == 0, result.stderr
-    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+    return result
+
+
+def test_columns_sets_the_width_of_piped_output(tmp_path, write_recipe):
+    """COLUMNS, when set, is the width even without a terminal (rich then wraps cells to fit it)."""
+    def table_width(result) -> int:  # the table's lines (a plain line after it may be longer: soft-wrapped on purpose)
+        return max(len(line) for line in result.stdout.splitlines() if line[:1] in "┏┃┡│├└")
+
+    assert table_width(_plan_of_two_stages(tmp_path, write_recipe)) > 100
+    assert table_width(_plan_of_two_stages(tmp_path, write_recipe, env={"COLUMNS": "100"})) <= 100
 
 
 def test_the_plan_table_keeps_each_stage_on_one_line_in_a_log(tmp_path, write_recipe):
-    evaluation = {"kind": "eval", "models": ["base", "sft"], "compare_to": "base", "tasks": ["world_skills"]}
-    recipe = write_recipe(tiny_recipe(sft=quick_sft(), eval=evaluation))
-    result = run_cli("plan", str(recipe), "--output", str(tmp_path / "run"))
-    assert result.returncode == 0, result.stderr
+    result = _plan_of_two_stages(tmp_path, write_recipe)
     for stage, source, data in (("sft", "builtin:tiny-chat", "builtin:assistant_world/sft"), ("eval", "base, sft", "")):
         [line] = [line for line in result.stdout.splitlines() if re.search(rf"^\W+\d+\W+{stage}\s", line)]  # its row: number, name
         assert source in line and data in line and "will run" in line, line

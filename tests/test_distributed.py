@@ -26,6 +26,9 @@ from safetensors.torch import load_file
 from conftest import REPO, quick_sft, run_cli, tiny_recipe
 from posttrain import distributed
 from posttrain.errors import PosttrainError
+from posttrain.recipe import load_recipe
+from posttrain.stage import Role, Stage
+from posttrain.stage_registry import get_stage, register_stage, stage_kinds
 
 CHAT = REPO / "recipes" / "chat.yaml"
 TWO_PROCESSES = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}  # what torchrun tells rank 0 (no group is joined here)
@@ -95,6 +98,33 @@ def test_what_cannot_run_on_several_processes_is_one_line_before_anything_starts
     assert not out.exists()  # refused before the run directory, the lock or a process group
     # One process: the strategy does not apply, nothing is refused for it (the ppo stage's own checks aside).
     assert "cannot run on" not in run_cli("validate", str(recipe)).stderr
+
+
+class _DeclaresNothing(Stage):
+    """A plugin-style kind that says nothing about several processes: one process only."""
+
+    kind = "test_declares_nothing"
+    role = Role.EVALUATION
+
+
+class _DeclaresDDP(_DeclaresNothing):
+    kind = "test_declares_ddp"
+    distributed_strategies = ("ddp",)
+
+
+def test_a_kind_runs_on_several_processes_only_where_it_says_so(write_recipe, tmp_path):
+    for cls in (_DeclaresNothing, _DeclaresDDP):
+        register_stage(cls)
+    silent = write_recipe(tiny_recipe(check={"kind": "test_declares_nothing"}), "silent.yaml")
+    result = run_cli("run", str(silent), "--output", str(tmp_path / "run"), env=TWO_PROCESSES)
+    assert result.returncode == 2
+    line, = result.stderr.strip().splitlines()
+    assert "stage kind 'test_declares_nothing' cannot run on 2 processes with strategy ddp: it declares no multi-process support" in line
+    distributed.check_plan(load_recipe(write_recipe(tiny_recipe(check={"kind": "test_declares_ddp"}), "ddp.yaml")), size=2)
+    distributed.check_plan(load_recipe(silent), size=1)  # one process: every kind runs
+    assert all(distributed.supported_strategies(get_stage(kind)) for kind in ("sft", "dpo", "orpo", "kto", "reward_model", "ppo", "eval"))
+    if "self_instruct" in stage_kinds():  # a built-in data stage writes its file from one process: it declares nothing
+        assert distributed.supported_strategies(get_stage("self_instruct")) == ()
 
 
 def test_a_launcher_config_that_disagrees_with_the_recipe_is_refused(write_recipe, tmp_path):
@@ -226,6 +256,8 @@ def test_a_killed_rank_stops_every_rank_and_the_same_command_resumes(write_recip
     assert launcher.returncode != 0
     assert stopped_after < 120, f"the run took {stopped_after:.0f} s to stop after a rank died"  # bounded, not a speed claim
     assert "exitcode  : -9" in output  # torchrun saw the killed rank
+    stage = manifest(out, "sft")  # rank 0's next collective failed at once: it said why before it stopped
+    assert stage["status"] == "failed" and "another process of this run died or stopped answering" in stage["error"], stage.get("error")
     for p in psutil.process_iter(["cmdline"]):  # no rank is left behind
         assert str(out) not in " ".join(p.info["cmdline"] or []), p
     committed = sorted((out / "sft" / "checkpoints").glob("step-*/COMMITTED"))

@@ -5,8 +5,8 @@ The fast tests check the data: deterministic, held out by template and topic (no
 the feedback log preferring the right behaviour by the same checks the suites score with, the
 shipped suites equal to the generator, the recipe valid for every alignment choice.
 
-The slow test runs the recipe shortened with `--set` and asserts that behaviour moved on the
-held-out suites, with margins taken from measured runs (docs/real-model.md has the full table).
+A slow test of a shortened run asserting that behaviour moved on the held-out suites is still to
+come (issue 12): it needs margins from a measured run of this recipe.
 """
 
 from __future__ import annotations
@@ -160,41 +160,3 @@ def test_the_recipe_validates_for_every_alignment_choice(method):
     result = run_cli("validate", RECIPE, "--set", f"choices.alignment={method}")
     assert result.returncode == 0, result.stderr
 
-
-# -- the real thing, shortened -------------------------------------------------------------------
-# What CI runs: SFT and DPO (with its NLL term) for fewer steps, no reward model, five of the seven
-# suites on their first 8 documents. Everything else is the recipe as shipped.
-SHORTENED = [
-    "--set", "profiles.ci={stages: [sft, align, eval]}", "--profile", "ci",
-    "--set", "stages.sft.max_steps=20",
-    "--set", "stages.align.dpo.max_steps=4",
-    "--set", "stages.eval.reward_model=null", "--set", "stages.eval.min_reward_accuracy=null",
-    "--set", "stages.eval.tasks=[real_json, real_facts, real_safety, real_over_refusal, real_injection]",
-    "--set", "stages.eval.limit=8",
-]
-
-
-def _scores(results: dict, task: str, metric: str) -> dict[str, float]:
-    return {m: results["evaluation"]["models"][m][task][metric] for m in ("base", "sft", "align")}
-
-
-@pytest.mark.slow  # imports SmolLM2 (about a minute), trains 24 LoRA steps, evaluates three models
-@needs_smollm2
-def test_a_shortened_run_moves_behaviour_on_held_out_prompts(tmp_path):
-    out = tmp_path / "run"
-    result = run_cli("run", RECIPE, "--output", str(out), "--quiet", *SHORTENED)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert list(results["evaluation"]["models"]) == ["base", "sft", "align"]
-    assert results["evaluation"]["settings"]["limit"] == 8
-
-    valid_json = _scores(results, "real_json", "valid_json")
-    json_keys = _scores(results, "real_json", "instruction_json")
-    correct = _scores(results, "real_facts", "instruction_keywords")
-    words = _scores(results, "real_facts", "response_words")
-    unsafe = _scores(results, "real_safety", "refusal")
-    benign = _scores(results, "real_over_refusal", "refusal")
-    resisted = _scores(results, "real_injection", "instruction_forbidden_words")
-    print({name: values for name, values in locals().items() if isinstance(values, dict) and "base" in values})
-
-    MEASURED_MARGINS_GO_HERE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -128,7 +129,8 @@ def prepare_data(workload: str, world: str, work_dir: Path) -> Path:
 def run_worker(spec: dict, work_dir: Path, label: str, threads: int | None) -> tuple[dict, float, float]:
     """Run one worker process; its result, its peak RSS in MB (wait4: that process alone) and its wall time."""
     run_dir = work_dir / "runs" / label
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh start: never resume what an earlier, stopped bench left
+    run_dir.mkdir(parents=True)
     spec = {**spec, "work_dir": str(run_dir)}
     spec_path, result_path = run_dir / "spec.json", run_dir / "result.json"
     spec_path.write_text(json.dumps(spec))
