@@ -318,3 +318,15 @@ def test_the_instance_input_is_read_from_the_reply(reply, expected):
     from posttrain.self_instruct.prompts import read_input
 
     assert read_input(reply) == expected
+
+
+def test_the_distillation_recipe_validates_and_its_held_out_prompts_are_novel():
+    result = run_cli("validate", "recipes/distill.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "4 stages: teach, seeds_only, student, eval" in result.stdout + result.stderr
+    # The eval suite is the teacher's held-out rows: none of its instructions is a near-copy of a seed task.
+    held_out = _lines(REPO / "recipes" / "distill" / "eval" / "distill_held_out.jsonl")
+    assert len(held_out) == 12 and all(row["prompt"].strip() and row["answer"].strip() for row in held_out)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    seeds = [json.loads(line)["instruction"] for line in (REPO / "recipes" / "distill" / "seed_tasks.jsonl").read_text().splitlines()]
+    assert max(scorer.score(seed, row["prompt"])["rougeL"].fmeasure for seed in seeds for row in held_out) < 0.7
