@@ -267,3 +267,25 @@ def test_local_suites_validate_without_lm_eval():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_a_multiple_choice_lm_eval_task_is_evaluated_and_its_answers_are_the_likeliest_choices(tmp_path):
+    """Log-likelihood tasks have no generation: each sample's answer is the choice the model found likeliest."""
+    choices = ["Paris", "Rome", "Madrid", "Berlin"]
+    data = tmp_path / "capitals_mc.jsonl"
+    data.write_text(_jsonl([{**row, "choices": choices, "label": i} for i, row in enumerate(CAPITALS)]))
+    task = {"task": "my_capitals_mc", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{prompt}}",
+            "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}], "metadata": {"version": 1.0}}
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "capitals_mc.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(tmp_path / "tasks", tasks=("my_capitals_mc",)), sort_keys=False))
+    result = run_cli("run", str(recipe), "--output", str(tmp_path / "run"), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = _samples(tmp_path / "run")
+    assert len(samples) == LIMIT and all(s["response"] in choices for s in samples)
+    accuracy = _results(tmp_path / "run")["evaluation"]["models"]["base"]["my_capitals_mc"]["acc"]
+    right = [s["response"] == choices[i] for i, s in enumerate(samples)]
+    assert accuracy == pytest.approx(sum(right) / LIMIT)  # the score is over the same likeliest choices

@@ -122,7 +122,23 @@ def _read_output(output: dict, task_names: list[str]) -> dict:
         scores[task] = task_scores
         # In document order: several ranks' samples arrive rank by rank (one process: already in order).
         samples[task] = [
-            {"prompt": s["doc"].get("prompt", s["arguments"][0][0]), "response": s["filtered_resps"][0], "target": s["target"]}
+            {"prompt": s["doc"].get("prompt", s["arguments"][0][0]), "response": _response_text(s), "target": str(s["target"])}
             for s in sorted(output["samples"][task], key=lambda s: s["doc_id"])
         ]
     return {"scores": scores, "samples": samples, "higher_is_better": output["higher_is_better"]}
+
+
+def _response_text(sample: dict) -> str:
+    """What the model answered, as text, for every lm-eval output type: the generation
+    (generate_until); the likeliest continuation (loglikelihood, multiple_choice: one
+    (log-likelihood, is_greedy) pair per candidate); nothing (loglikelihood_rolling scores the
+    document itself)."""
+    responses = sample["filtered_resps"]
+    if responses and isinstance(responses[0], str):
+        return responses[0]
+    scored = [(r[0], i) for i, r in enumerate(responses) if isinstance(r, (tuple, list)) and r]
+    if not scored:
+        return ""
+    _, best = max(scored)
+    arguments = sample["arguments"][best]
+    return arguments[1] if len(arguments) > 1 and isinstance(arguments[1], str) else ""
