@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 def load(recipe: str | Path, *, profile: str | None = None, overrides: Sequence[str] = ()) -> Recipe:
     """Read and validate a recipe (keys, types, kinds, references by role, data paths, gates); loads no model."""
+    from posttrain.environment import apply_defaults
     from posttrain.recipe import load_recipe
+
+    apply_defaults()  # as the CLI does (telemetry off, quiet libraries); a variable already set is kept
 
     return load_recipe(recipe, list(overrides), profile)
 

@@ -26,7 +26,7 @@ from posttrain.environment import apply_offline_defaults
 REPO = Path(__file__).resolve().parents[1]
 FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin"
 
-# The CLI's defaults, for tests that call the library directly (before any library loads).
+# The CLI's defaults plus offline, for tests that call the library directly (before any library loads).
 apply_offline_defaults()
 # A console created while COLUMNS is set keeps that width for good; without it, rich reads
 # COLUMNS at each print, so a test's env={"COLUMNS": ...} applies to every console.

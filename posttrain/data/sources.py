@@ -437,7 +437,7 @@ def read_hub(source: str, on_error: str = "fail") -> Rows:
 
         dataset = load_dataset(name, split=split)
     except Exception as e:  # network, missing dataset or split: all one user-facing line
-        hint = (" Loading a Hub dataset needs network: set HF_DATASETS_OFFLINE=0 and HF_HUB_OFFLINE=0 (posttrain sets them to 1 by default)."
+        hint = (" Loading a Hub dataset needs network: unset HF_DATASETS_OFFLINE and HF_HUB_OFFLINE (or set them to 0), or use a local file."
                 if offline else " Loading a Hub dataset needs network access to huggingface.co.")
         raise DataError(f"'{source}' is not a local file, and loading it as the Hub dataset '{name}' (split '{split}') failed: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}.{hint}") from None
