@@ -30,16 +30,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Replaced at every `main()` call, so that each invocation writes to the sys.stdout and
 # uses the COLUMNS of its own call (rich reads COLUMNS when a Console is created).
 console = Console()
-from posttrain.data.cli import app as data_app  # noqa: E402
-app.add_typer(data_app, name="data")
-from posttrain.export.cli import export as export_command  # noqa: E402
-app.command(name="export")(export_command)
-from posttrain.bench.cli import app as bench_app  # noqa: E402
-app.add_typer(bench_app)  # its one command, `posttrain bench`, at the top level
-from posttrain.feedback import cli as feedback_cli  # noqa: E402
-app.add_typer(feedback_cli.app, name="feedback")
-app.command(name="chat")(feedback_cli.chat_command)
-app.command(name="serve")(feedback_cli.serve_command)
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/chat.yaml.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Profile choosing the stages, e.g. internal or public.")]
@@ -176,6 +166,19 @@ def compare(
     results = compare_runs(runs, output, baseline, allow_different_settings)
     _print_summary(results, f"comparison of {', '.join(results.runs)}")
     console.print(f"comparison: {output}  (results.json, report.md, report.html)")
+
+# The other commands, after the recipe commands above so that `posttrain -h` lists those first.
+from posttrain.data.cli import app as data_app  # noqa: E402
+from posttrain.export.cli import export as export_command  # noqa: E402
+from posttrain.feedback import cli as feedback_cli  # noqa: E402
+from posttrain.bench.cli import app as bench_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+app.command(name="export")(export_command)
+app.command(name="chat")(feedback_cli.chat_command)
+app.command(name="serve")(feedback_cli.serve_command)
+app.add_typer(feedback_cli.app, name="feedback")
+app.add_typer(bench_app)  # its one command, `posttrain bench`, at the top level
 
 
 def main(argv: list[str] | None = None) -> int:
