@@ -119,7 +119,9 @@ class TrainStageConfig(StageConfig):
     held_out_hint: ClassVar[str] = ""  # why not, when it does not
 
     from_: str | None = Field(None, alias="from", description="Parent: 'base' or an earlier training stage. Default: the previous training stage.")
-    data: str = Field(description="A data file (JSONL/JSON) or a built-in source such as builtin:assistant_world/sft.")
+    data: str | list[str] = Field(description=(
+        "A data source: a file (JSONL, JSON, CSV, Parquet), a feedback store (.sqlite), a built-in source such as "
+        "builtin:assistant_world/sft, a Hub dataset; or a list of them, each read and converted on its own, then joined."))
     data_options: DataOptions = Field(default_factory=DataOptions)
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights: true (r=8, alpha=16, dropout 0, all-linear), "
                                                         "a mapping of LoRA settings, or false/unset for all weights.")
@@ -151,6 +153,22 @@ class TrainStageConfig(StageConfig):
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="A NaN/inf loss or gradient stops the stage, or skips the step (up to max_skipped_steps).")
     max_skipped_steps: int = Field(10, ge=0)
     max_drop_share: float = Field(0.5, ge=0, le=1, description="Fail when more than this share of data rows is dropped.")
+
+    @field_validator("data")
+    @classmethod
+    def _sources_listed_once(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise setting_error("data", "the list of data sources is empty; name at least one file or source")
+            repeated = next((s for i, s in enumerate(value) if s in value[:i]), None)
+            if repeated is not None:
+                raise setting_error("data", f"'{repeated}' is listed twice; name each source once")
+        return value
+
+    @property
+    def data_sources(self) -> tuple[str, ...]:
+        """`data` as a tuple of sources, one or several."""
+        return (self.data,) if isinstance(self.data, str) else tuple(self.data)
 
     @field_validator("lora", mode="before")
     @classmethod
@@ -287,7 +305,7 @@ class TrainingStage(Stage):
     @classmethod
     def inputs(cls, config: TrainStageConfig) -> StageInputs:
         # eval_data is read too: checked, fingerprinted and resolved (stage:<name>) like data.
-        return StageInputs(parent=config.from_ or PREVIOUS_POLICY, data=(config.data, *([config.eval_data] if config.eval_data else [])))
+        return StageInputs(parent=config.from_ or PREVIOUS_POLICY, data=(*config.data_sources, *([config.eval_data] if config.eval_data else [])))
 
 
 class PreferenceStage(TrainingStage):

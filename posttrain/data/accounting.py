@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from posttrain.errors import DataError
 
 # Rows set aside for the other side of a train/test split are not a data-quality problem,
-# so they do not count towards `max_drop_share`.
-NOT_A_QUALITY_DROP = frozenset({"other_split"})
+# so they do not count towards `max_drop_share`. Nor are a feedback store's judgements that say
+# nothing to train on (an arena tie, the same vote again, a like of an answer someone disliked).
+NOT_A_QUALITY_DROP = frozenset({"other_split", "tie", "same_vote_again", "disliked_elsewhere"})
 MAX_ERRORS_KEPT = 5
 # What reading changed, kept in `details` and said in the summary.
 READING_NOTES = {
@@ -75,6 +76,23 @@ class DataAccounting:
         dropped = ", ".join(f"{r} {n}" for r, n in self.dropped.most_common()) or "none"
         notes = "".join(f"; {text}: {self.details[key]}" for key, text in READING_NOTES.items() if self.details.get(key))
         return f"{self.rows_read} rows read, {self.rows_used} used, {self.examples_used} examples; dropped: {dropped}{notes}"
+
+    @classmethod
+    def joined(cls, parts: list[DataAccounting]) -> DataAccounting:
+        """The ledger of several sources converted one by one: counts summed, each source's own ledger
+        kept in details["sources"]. One source is its own ledger."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls(", ".join(p.source for p in parts))
+        for part in parts:
+            out.rows_read += part.rows_read
+            out.rows_used += part.rows_used
+            out.examples_used += part.examples_used
+            out.dropped.update(part.dropped)
+            out.formats.update(part.formats)
+            out.errors += part.errors[:MAX_ERRORS_KEPT - len(out.errors)]
+        out.details["sources"] = {part.source: part.to_dict() for part in parts}
+        return out
 
     def to_dict(self) -> dict:
         out = {

@@ -34,6 +34,9 @@ class DataOptions(BaseModel):
     seed: int = 0
     both_votes: Literal["majority", "drop"] = Field("majority", description="A reply with up and down votes: the net vote decides, or it is dropped.")
     ties: Literal["skip", "fail"] = Field("skip", description="Equal ranks or scores: no pair, or an error naming the row.")
+    refusal_for_flagged: str | None = Field(None, min_length=1, description=(
+        "Feedback stores (.sqlite): an answer flagged unsafe without a correction gets this as the answer it should have given, "
+        "liked and preferred to the flagged one (red-teaming: the prompt that broke the model becomes a refusal example)."))
 
     @field_validator("format")
     @classmethod

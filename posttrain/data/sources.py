@@ -1,7 +1,8 @@
 """Step 1, read: a source name becomes located rows.
 
 A source is a local file (JSONL, JSON, CSV/TSV, Parquet; any of them compressed as .gz, .bz2,
-.xz or .zst, e.g. `train.jsonl.gz`), a Hub dataset (`owner/name` or
+.xz or .zst, e.g. `train.jsonl.gz`), a feedback store (`.sqlite`, written by `posttrain chat`,
+`serve` or `feedback import`: read as its thumbs export, docs/feedback-loop.md), a Hub dataset (`owner/name` or
 `hf:owner/name[:split]`), built-in data (`builtin:<name>`), or what a data stage of the run
 wrote (`stage:<name>`, read through the run's `data_files` mapping).
 
@@ -32,7 +33,10 @@ from posttrain.stage import STAGE_DATA_PREFIX
 ON_ERROR = ("fail", "skip")
 BUILTIN_PREFIX = "builtin:"
 HUB_PREFIX = "hf:"
-FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
+                 ".sqlite": "feedback_store", ".sqlite3": "feedback_store"}
+# A feedback store (posttrain.feedback.store) is a SQLite file, read whole and uncompressed.
+STORE_FORMAT = "feedback_store"
 # A compression suffix after the format's: train.jsonl.gz. zstd is read through pyarrow (a dependency of datasets).
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 _DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
@@ -148,8 +152,11 @@ def check_source(source: str) -> None:
     if not path.is_file():
         raise DataError(f"data file '{source}' does not exist (paths are relative to the current directory; "
                         f"a Hub dataset is written owner/name or hf:owner/name)")
-    if file_kind(path)[0] is None:
+    kind, compression = file_kind(path)
+    if kind is None:
         raise _unsupported(path)
+    if kind == STORE_FORMAT and compression:
+        raise DataError(f"data file '{source}': a feedback store is read as it is; decompress it first")
 
 
 def source_digest(source: str) -> str:
@@ -159,6 +166,8 @@ def source_digest(source: str) -> str:
     the gzip header) does not invalidate a run.
     A Hub dataset is fingerprinted by its name and split: its content is not fetched to plan a run.
     A `stage:<name>` source by its name: the producing stage's fingerprint covers its content.
+    A feedback store by the rows it gives and the judgements it skips: a new vote changes it, a tie or a
+    repeated vote (which train nothing) does not, and SQLite's own bookkeeping (WAL, page order) never does.
     """
     check_source(source)
     if source.startswith(STAGE_DATA_PREFIX):
@@ -168,6 +177,10 @@ def source_digest(source: str) -> str:
         return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     if _is_hub_source(source):
         return hashlib.sha256(("hub:" + "/".join(parse_hub_name(source))).encode()).hexdigest()
+    if file_kind(Path(source))[0] == STORE_FORMAT:
+        rows = read_feedback_store(Path(source))
+        content = [[r.location, dict(r)] for r in rows] + [list(s) for s in rows.skipped]
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     digest = hashlib.sha256()
     with _decompressing(Path(source)):
         with _open_bytes(Path(source)) as f:
@@ -176,12 +189,14 @@ def source_digest(source: str) -> str:
     return digest.hexdigest()
 
 
-def load_rows(source: str, on_error: str = "fail", data_files: dict[str, Path] | None = None) -> Rows:
+def load_rows(source: str, on_error: str = "fail", data_files: dict[str, Path] | None = None,
+              refusal_for_flagged: str | None = None) -> Rows:
     """All rows of a source, each remembering its location.
 
     on_error: "fail" (default) stops at the first unreadable record with one line naming
     file and line; "skip" leaves it out and records it in `Rows.skipped` for the accounting.
     data_files: the run's `stage:<name>` source -> the file that data stage wrote.
+    refusal_for_flagged: feedback stores only; see `read_feedback_store`.
     """
     check_on_error(on_error)
     if source.startswith(STAGE_DATA_PREFIX):
@@ -199,6 +214,8 @@ def load_rows(source: str, on_error: str = "fail", data_files: dict[str, Path] |
             rows = Rows([Row(r, f"{source}: row {i}") for i, r in enumerate(raw, start=1)], source)
         elif _is_hub_source(source):
             rows = read_hub(source, on_error)
+        elif file_kind(Path(source))[0] == STORE_FORMAT:
+            rows = read_feedback_store(Path(source), refusal_for_flagged)
         else:
             rows = read_file(Path(source), on_error)
     if not rows and not rows.skipped:
@@ -235,6 +252,8 @@ def read_file(path: Path, on_error: str = "fail") -> Rows:
     kind = file_kind(path)[0]
     if kind is None:
         raise _unsupported(path)
+    if kind == STORE_FORMAT:
+        return read_feedback_store(path)
     with _decompressing(path):
         return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path, on_error)
 
@@ -415,6 +434,40 @@ def _read_parquet(path: Path, on_error: str) -> Rows:
     for number, record in enumerate(records, start=1):
         out.add(record, f"{path}: row {number}")
     return out.result()
+
+
+# ---- a feedback store ----------------------------------------------------------------------------
+
+
+def read_feedback_store(path: Path, refusal_for_flagged: str | None = None) -> Rows:
+    """The store's judgements as thumbs rows (posttrain.feedback.exporters, format `thumbs`), each located
+    `store.sqlite: judgement N` (the store's row id); a judgement that gives no row (a tie, a like of an
+    answer someone disliked, the same vote again) is a skipped record with that reason, so the accounting
+    holds every judgement. Thumbs rows serve every stage: SFT takes the liked answers (and corrections),
+    pairs pool liked against disliked answers to the same conversation, KTO labels them.
+
+    refusal_for_flagged: for an answer flagged unsafe without a correction, the answer it should have
+    been (red-teaming: the prompt that broke the model becomes a refusal example); None: a dislike only.
+    """
+    from posttrain.feedback.exporters import export
+    from posttrain.feedback.store import FeedbackError, FeedbackStore
+
+    try:
+        store = FeedbackStore(path, create=False)
+        try:
+            judgements = store.judgements()
+        finally:
+            store.close()
+        exported = export(judgements, "thumbs", refusal=refusal_for_flagged)
+    except FeedbackError as e:
+        raise DataError(str(e)) from None
+
+    def where(index: int) -> str:
+        return f"{path}: judgement {judgements[index].id}"
+
+    rows = [Row(row, where(i)) for row, i in zip(exported.rows, exported.origins)]
+    skipped = [(where(i), reason, f"{where(i)}: gives no training row ({reason})") for i, reason in sorted(exported.skipped_judgements.items())]
+    return Rows(rows, str(path), skipped)
 
 
 # ---- the Hub -----------------------------------------------------------------------------------

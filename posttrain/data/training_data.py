@@ -10,6 +10,9 @@ Two ways in:
 - from a stage's config, for `Stage.prepare_data`: `sft_data`, `preference_data`, `kto_data`,
   `prompt_data` read the stage's `data` (a `stage:<name>` source through the run's
   `data_files`), apply its `data_options` and `max_drop_share`, and return `PreparedData`.
+  `data` may list several sources: each is read and converted on its own (its own format;
+  pairs and duplicates are found within a source), then the examples are joined and the
+  ledgers summed (each source's kept in details["sources"]).
 
 Each returns its examples and a `DataAccounting` in which rows_read == rows_used + sum(dropped
 by reason). Prompts stay message lists, so multi-turn conversations are rendered by the
@@ -70,9 +73,19 @@ def to_preference_pairs(rows: list[dict], source: str, max_pairs_per_prompt: int
 def to_kto_examples(rows: list[dict], source: str, tokenizer=None, **options) -> tuple[list[dict], DataAccounting, dict[str, float]]:
     """{"prompt": messages, "completion": [assistant message], "label": bool} per example, and
     {"desirable_weight", "undesirable_weight"} that balance the two classes."""
+    examples, acct = _labelled_examples(rows, source, tokenizer, **options)
+    return examples, acct, _balanced(examples, acct, source)
+
+
+def _labelled_examples(rows: list[dict], source: str, tokenizer=None, **options) -> tuple[list[dict], DataAccounting]:
     units, acct, opts = _usable_units(rows, source, options, tokenizer)
     examples = build_kto(units, acct, opts)
     acct.finish(examples)
+    return examples, acct
+
+
+def _balanced(examples: list[dict], acct: DataAccounting, source: str) -> dict[str, float]:
+    """KTO's class weights; both classes must be there."""
     desirable = sum(1 for e in examples if e["label"])
     undesirable = len(examples) - desirable
     if not desirable or not undesirable:
@@ -80,7 +93,7 @@ def to_kto_examples(rows: list[dict], source: str, tokenizer=None, **options) ->
                         f"{desirable} desirable and {undesirable} undesirable ({acct.reasons()})")
     weights = class_weights(desirable, undesirable)
     acct.details.update(desirable=desirable, undesirable=undesirable, **weights)
-    return examples, acct, weights
+    return weights
 
 
 def to_prompts(rows: list[dict], source: str, tokenizer=None, **options) -> tuple[list[dict], DataAccounting]:
@@ -102,15 +115,29 @@ def to_prompts(rows: list[dict], source: str, tokenizer=None, **options) -> tupl
 # ---- from a stage's config (Stage.prepare_data) --------------------------------------------------
 
 
-def _stage_rows(config, data_files: dict[str, Path], source: str | None = None) -> tuple[list[dict], dict]:
-    if source is None and hasattr(config, "trainer_args"):
+def _stage_rows(config, data_files: dict[str, Path], source: str) -> tuple[list[dict], dict]:
+    options = config.data_options.model_dump()
+    return load_rows(source, options["on_error"], data_files, options["refusal_for_flagged"]), options
+
+
+def _stage_examples(config, data_files: dict[str, Path], convert) -> tuple[list[dict], DataAccounting]:
+    """Every source of the stage's `data`, converted on its own by `convert(rows, source, options)` ->
+    (examples, accounting), then joined; the stage's `max_drop_share` checked on the whole."""
+    if hasattr(config, "trainer_args"):
         # Stage.prepare_data runs for every stage before any trains: the place for the checks of the
         # training settings that need transformers, TRL or the hardware (not done at validate: slow).
         from posttrain.training_settings import check_before_training
 
         check_before_training(config)
-    options = config.data_options.model_dump()
-    return load_rows(source or config.data, options["on_error"], data_files), options
+    examples, parts = [], []
+    for source in config.data_sources:
+        rows, options = _stage_rows(config, data_files, source)
+        found, accounting = convert(rows, source, options)
+        examples += found
+        parts.append(accounting)
+    accounting = DataAccounting.joined(parts)
+    accounting.fail_if_too_many_dropped(config.max_drop_share)
+    return examples, accounting
 
 
 def _held_out(config, data_files: dict[str, Path], seed: int, prepared: PreparedData, convert) -> PreparedData:
@@ -123,7 +150,7 @@ def _held_out(config, data_files: dict[str, Path], seed: int, prepared: Prepared
     if share is not None:
         train, held = split_by_conversation(prepared.examples, share, seed)
         if not train or not held:
-            raise DataError(f"{config.data}: {len(prepared.examples)} examples are too few to hold out eval_share={share} "
+            raise DataError(f"{accounting.source}: {len(prepared.examples)} examples are too few to hold out eval_share={share} "
                             f"by conversation ({len(train)} would train, {len(held)} evaluate); use more data or another share")
         accounting.examples_used = len(train)
         accounting.details["eval_examples"] = len(held)
@@ -138,36 +165,38 @@ def _held_out(config, data_files: dict[str, Path], seed: int, prepared: Prepared
 
 def sft_data(config, data_files: dict[str, Path], seed: int = 0) -> PreparedData:
     """An SFT stage's examples (and its held-out examples, extras["eval_examples"], when it asks for a held-out loss)."""
-    rows, options = _stage_rows(config, data_files)
-    examples, accounting = to_sft_examples(rows, config.data, **options)
-    accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return _held_out(config, data_files, seed, PreparedData(examples, accounting),
-                     lambda rows, source, options: to_sft_examples(rows, source, **options))
+    def convert(rows, source, options):
+        return to_sft_examples(rows, source, **options)
+
+    return _held_out(config, data_files, seed, PreparedData(*_stage_examples(config, data_files, convert)), convert)
 
 
 def preference_data(config, data_files: dict[str, Path], seed: int = 0) -> PreparedData:
     """A preference stage's pairs (dpo, orpo, reward_model), capped at its `max_pairs_per_prompt`
     (and held-out pairs, extras["eval_examples"], when it asks for a held-out loss)."""
-    rows, options = _stage_rows(config, data_files)
-    pairs, accounting = to_preference_pairs(rows, config.data, config.max_pairs_per_prompt, **options)
-    accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return _held_out(config, data_files, seed, PreparedData(pairs, accounting),
-                     lambda rows, source, options: to_preference_pairs(rows, source, config.max_pairs_per_prompt, **options))
+    def convert(rows, source, options):
+        return to_preference_pairs(rows, source, config.max_pairs_per_prompt, **options)
+
+    return _held_out(config, data_files, seed, PreparedData(*_stage_examples(config, data_files, convert)), convert)
 
 
 def kto_data(config, data_files: dict[str, Path], seed: int = 0) -> PreparedData:
     """A KTO stage's examples; extras["weights"]: {"desirable_weight", "undesirable_weight"} balancing the classes
     (and extras["eval_examples"] when it asks for a held-out loss)."""
-    rows, options = _stage_rows(config, data_files)
-    examples, accounting, weights = to_kto_examples(rows, config.data, **options)
-    accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return _held_out(config, data_files, seed, PreparedData(examples, accounting, {"weights": weights}),
-                     lambda rows, source, options: to_kto_examples(rows, source, **options)[:2])
+    def convert(rows, source, options):
+        return _labelled_examples(rows, source, **options)
+
+    examples, accounting = _stage_examples(config, data_files, convert)
+    weights = _balanced(examples, accounting, accounting.source)  # over every source: one may hold a single class
+    return _held_out(config, data_files, seed, PreparedData(examples, accounting, {"weights": weights}), convert)
 
 
 def prompt_data(config, data_files: dict[str, Path]) -> PreparedData:
     """An RL stage's prompts (its policy generates the replies)."""
-    rows, options = _stage_rows(config, data_files)
-    prompts, accounting = to_prompts(rows, config.data, **options)
-    accounting.fail_if_too_many_dropped(config.max_drop_share)
-    return PreparedData(prompts, accounting)
+    def convert(rows, source, options):
+        return to_prompts(rows, source, **options)
+
+    prompts, accounting = _stage_examples(config, data_files, convert)
+    unique = list({conversation_key(p["prompt"]): p for p in prompts}.values())  # a prompt in two sources is asked once
+    accounting.examples_used = len(unique)
+    return PreparedData(unique, accounting)

@@ -77,6 +77,9 @@ def export_command(
                                         "(OpenAI preference fine-tuning).")] = "thumbs",
     output: Annotated[Path, typer.Option("--output", "-o", help="The JSONL file to write.")] = ...,
     max_pairs_per_prompt: Annotated[int, typer.Option("--max-pairs-per-prompt", help="pairs/openai: most pairs per conversation.")] = 8,
+    refusal_for_flagged: Annotated[Optional[str], typer.Option("--refusal-for-flagged", help=(
+        "Red-teaming: an answer flagged unsafe without a correction gets this as the answer it should have given "
+        "(liked, and preferred to the flagged one), e.g. \"I can't help with that.\"."))] = None,
 ):
     """Write the store's judgements as training data a recipe's data: can read."""
     from posttrain.errors import did_you_mean
@@ -87,7 +90,7 @@ def export_command(
         raise FeedbackError(f"--format '{format}' is unknown{did_you_mean(format, FORMATS)}; use one of: {', '.join(FORMATS)}")
     if max_pairs_per_prompt < 1:
         raise FeedbackError(f"--max-pairs-per-prompt must be at least 1, got {max_pairs_per_prompt}")
-    result = export(FeedbackStore(store, create=False).judgements(), format, max_pairs_per_prompt)
+    result = export(FeedbackStore(store, create=False).judgements(), format, max_pairs_per_prompt, refusal_for_flagged)
     write_jsonl(result.rows, output)
     print(result.line(output))
 

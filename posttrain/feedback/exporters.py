@@ -4,7 +4,9 @@ Every judgement says something about one or two answers to a conversation:
 
     rating +1 / -1         the answer is liked / disliked
     edit                   the answer is disliked, the corrected answer liked, and preferred to it
-    flag (unsafe)          the answer is disliked; a correction given with the flag is liked and preferred
+    flag (unsafe)          the answer is disliked; a correction given with the flag is liked and preferred;
+                           without one, `refusal` (when given) is the liked and preferred answer: red-teaming,
+                           a jailbreak that worked becomes a refusal example
     arena a / b            the winner is liked, the loser disliked, and the winner preferred
     arena both_bad         both answers are disliked
     arena tie              no preference and no label (skipped: tie)
@@ -48,6 +50,8 @@ class Export:
     judgements: int = 0
     used: int = 0  # judgements that gave at least one row
     skipped: Counter = field(default_factory=Counter)  # judgements that gave none, by reason
+    origins: list[int] = field(default_factory=list)  # thumbs, kto: the judgement (index) each row came from
+    skipped_judgements: dict[int, str] = field(default_factory=dict)  # judgement index -> why it gave no row
 
     def line(self, path: Path | str) -> str:
         skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items())) or "none"
@@ -70,7 +74,7 @@ def _key(conversation: list[dict], text: str) -> tuple:
     return json.dumps(conversation, ensure_ascii=False, sort_keys=True), text
 
 
-def _votes(judgements: list[Judgement], skipped: dict[int, str]) -> list[_Vote]:
+def _votes(judgements: list[Judgement], skipped: dict[int, str], refusal: str | None = None) -> list[_Vote]:
     votes = []
     for i, j in enumerate(judgements):
         def vote(conversation, text, liked):
@@ -83,6 +87,8 @@ def _votes(judgements: list[Judgement], skipped: dict[int, str]) -> list[_Vote]:
             vote(a.conversation, a.text, False)
             if j.correction is not None:
                 vote(a.conversation, j.correction, True)
+            elif j.kind == "flag" and refusal is not None:
+                vote(a.conversation, refusal, True)
         elif j.choice == "tie":
             skipped[i] = "tie"
         else:
@@ -92,13 +98,15 @@ def _votes(judgements: list[Judgement], skipped: dict[int, str]) -> list[_Vote]:
     return votes
 
 
-def _explicit_pairs(judgements: list[Judgement], skipped: dict[int, str]) -> list[tuple[list[dict], str, str, int]]:
+def _explicit_pairs(judgements: list[Judgement], skipped: dict[int, str], refusal: str | None) -> list[tuple[list[dict], str, str, int]]:
     """(conversation, chosen, rejected, judgement index) stated by one judgement."""
     pairs = []
     for i, j in enumerate(judgements):
         a = j.answer
         if j.kind in ("edit", "flag") and j.correction is not None:
             pairs.append((a.conversation, j.correction, a.text, i))
+        elif j.kind == "flag" and refusal is not None:
+            pairs.append((a.conversation, refusal, a.text, i))
         elif j.kind == "arena" and j.choice in ("a", "b"):
             if a.conversation != j.other.conversation:
                 skipped.setdefault(i, "arena_histories_differ")  # its votes may still pair with others below
@@ -112,8 +120,14 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def export(judgements: list[Judgement], format: str, max_pairs_per_prompt: int = 8) -> Export:
-    """The rows of `format` made from `judgements` (in store order), with their accounting."""
+def export(judgements: list[Judgement], format: str, max_pairs_per_prompt: int = 8, refusal: str | None = None) -> Export:
+    """The rows of `format` made from `judgements` (in store order), with their accounting.
+
+    refusal: the answer an unsafe-flagged answer should have been, for flags without a correction
+    (e.g. "I can't help with that."); None leaves such a flag a dislike only.
+    """
+    if refusal is not None and not refusal.strip():
+        raise FeedbackError("the refusal for flagged answers is empty; give the text a refusal should say")
     if format not in FORMATS:
         from posttrain.errors import did_you_mean
 
@@ -121,7 +135,7 @@ def export(judgements: list[Judgement], format: str, max_pairs_per_prompt: int =
     result = Export(format, judgements=len(judgements))
     reasons: dict[int, str] = {}  # why a judgement gave no row, should it give none
     used: set[int] = set()
-    votes = _votes(judgements, reasons)
+    votes = _votes(judgements, reasons, refusal)
     disliked = {v.key for v in votes if not v.liked}
     if format in ("thumbs", "kto"):
         said: set[tuple] = set()  # (user, answer, liked): a person saying the same thing twice counts once
@@ -134,6 +148,7 @@ def export(judgements: list[Judgement], format: str, max_pairs_per_prompt: int =
                 continue
             said.add((v.user, v.key, v.liked))
             used.add(v.judgement)
+            result.origins.append(v.judgement)
             row = {"prompt": v.conversation, "completion": _assistant(v.text)}
             if format == "thumbs":
                 row.update(rating="up" if v.liked else "down", user=v.user, timestamp=v.timestamp)
@@ -141,7 +156,7 @@ def export(judgements: list[Judgement], format: str, max_pairs_per_prompt: int =
                 row["label"] = v.liked
             result.rows.append(row)
     else:
-        pairs = _pairs(judgements, votes, disliked, reasons, used, max_pairs_per_prompt)
+        pairs = _pairs(judgements, votes, disliked, reasons, used, max_pairs_per_prompt, refusal)
         for conversation, chosen, rejected in pairs:
             if format == "pairs":
                 result.rows.append({"prompt": conversation, "chosen": _assistant(chosen), "rejected": _assistant(rejected)})
@@ -151,11 +166,12 @@ def export(judgements: list[Judgement], format: str, max_pairs_per_prompt: int =
     result.used = len(used)
     for i in range(len(judgements)):
         if i not in used:
-            result.skipped[reasons.get(i, "no_opposite_vote")] += 1
+            result.skipped_judgements[i] = reasons.get(i, "no_opposite_vote")
+            result.skipped[result.skipped_judgements[i]] += 1
     return result
 
 
-def _pairs(judgements, votes, disliked, reasons, used, cap) -> list[tuple[list[dict], str, str]]:
+def _pairs(judgements, votes, disliked, reasons, used, cap, refusal) -> list[tuple[list[dict], str, str]]:
     candidates: dict[str, list[tuple]] = defaultdict(list)  # conversation -> (conversation, chosen, rejected), in order
     sources: dict[tuple, set[int]] = {}  # (conversation, chosen, rejected) -> the judgements that state or imply it
 
@@ -166,7 +182,7 @@ def _pairs(judgements, votes, disliked, reasons, used, cap) -> list[tuple[list[d
             candidates[key[0][0]].append((conversation, chosen, rejected, key))
         sources[key] |= from_judgements  # the same pair again: one row
 
-    for conversation, chosen, rejected, i in _explicit_pairs(judgements, reasons):
+    for conversation, chosen, rejected, i in _explicit_pairs(judgements, reasons, refusal):
         if _key(conversation, chosen) in disliked:  # e.g. a correction that someone else flagged
             reasons[i] = "chosen_disliked"
             continue

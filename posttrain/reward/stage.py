@@ -44,7 +44,7 @@ class RewardModelStage(PreferenceStage):
         pairs, accounting = ctx.data.examples, ctx.data.accounting
         train_pairs, held_out = split_by_conversation(pairs, config.held_out_share, ctx.seed)
         if not train_pairs or not held_out:
-            raise DataError(f"{config.data}: {len(pairs)} pairs are too few to split into train and held-out by prompt (held_out_share={config.held_out_share})")
+            raise DataError(f"{accounting.source}: {len(pairs)} pairs are too few to split into train and held-out by prompt (held_out_share={config.held_out_share})")
 
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
         lora = None
