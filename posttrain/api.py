@@ -46,14 +46,16 @@ def plan(recipe: str | Path, *, profile: str | None = None, overrides: Sequence[
 
 
 def run(recipe: str | Path, *, profile: str | None = None, overrides: Sequence[str] = (), output: str | Path | None = None,
-        force: Sequence[str] = (), reporter: ProgressReporter | None = None) -> RunResults:
+        force: Sequence[str] = (), reporter: ProgressReporter | None = None, reuse: str | Path | None = None) -> RunResults:
     """Run the recipe's stages (cached ones are reused), then judge the profile's gates and write
-    results.json and the reports into the run directory. Returns the typed results."""
+    results.json and the reports into the run directory. Returns the typed results.
+    reuse: an earlier run directory whose stages with unchanged fingerprints are copied instead of trained (--reuse)."""
     from posttrain.pipeline import Pipeline
     from posttrain.reporting import write_run
 
     loaded = load(recipe, profile=profile, overrides=overrides)
-    pipeline = Pipeline(loaded, Path(output) if output else default_run_dir(loaded), reporter, force=tuple(force))
+    pipeline = Pipeline(loaded, Path(output) if output else default_run_dir(loaded), reporter, force=tuple(force),
+                        reuse_from=Path(reuse) if reuse is not None else None)
     results = pipeline.run()
     from posttrain import distributed
 

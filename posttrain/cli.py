@@ -35,6 +35,9 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Profile choosing the stages, e.g. internal or public.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe field: key.path=value (repeatable).")]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default runs/<recipe name>/).")]
+ReuseOpt = Annotated[Optional[Path], typer.Option("--reuse", help=(
+    "An earlier run directory: stages whose fingerprint is unchanged are copied from it instead of trained, e.g. the previous "
+    "round of a feedback loop (-o runs/round2 --reuse runs/round1), so `posttrain compare` can set the two rounds side by side."))]
 
 
 def installed_version() -> str:
@@ -76,6 +79,7 @@ def run(
     output: OutputOpt = None,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Re-run this stage even if cached (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of live progress (for CI).")] = False,
+    reuse: ReuseOpt = None,
 ):
     """Run a recipe's stages in order, skipping those whose fingerprint is unchanged."""
     plan = _load(recipe, profile, set_)  # validate before the heavy imports below
@@ -84,7 +88,7 @@ def run(
     from posttrain.progress import ProgressReporter
 
     reporter = ProgressReporter(quiet=quiet)
-    pipeline = Pipeline(plan, _run_dir(plan, output), reporter, force=tuple(force or ()))
+    pipeline = Pipeline(plan, _run_dir(plan, output), reporter, force=tuple(force or ()), reuse_from=reuse)
     results = pipeline.run()
     from posttrain import distributed
 
@@ -133,12 +137,12 @@ def validate(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None)
 
 
 @app.command()
-def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, output: OutputOpt = None):
+def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, output: OutputOpt = None, reuse: ReuseOpt = None):
     """Show the stages that would run, in order, with their models, data and cache state."""
     from posttrain.pipeline import Pipeline
 
     recipe_plan = _load(recipe, profile, set_)
-    pipeline = Pipeline(recipe_plan, _run_dir(recipe_plan, output))
+    pipeline = Pipeline(recipe_plan, _run_dir(recipe_plan, output), reuse_from=reuse)
     table = Table(title=f"{recipe_plan.name}: profile {recipe_plan.profile or '(all stages)'} -> {pipeline.run_dir}")
     for column in ("#", "stage", "kind", "role", "starts from / evaluates", "judge", "data", "fingerprint", "state"):
         table.add_column(column)
@@ -146,7 +150,7 @@ def plan(recipe: RecipeArg, profile: ProfileOpt = None, set_: SetOpt = None, out
         stage = p.stage
         source = pipeline.store.resolve(stage.parent).location if stage.parent else ", ".join(stage.evaluated)
         table.add_row(str(i), stage.name, stage.kind, stage.role.value, source, stage.judge or "", ", ".join(stage.data),
-                      p.fingerprint, "cached" if p.cached else "will run")
+                      p.fingerprint, "cached" if p.cached else f"reused from {p.reusable_from}" if p.reusable_from else "will run")
     console.print(table)
     from posttrain.distributed import describe
 

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class ScheduledStage:
     fingerprint: str
     cached: bool
     dependency_fingerprints: dict[str, str] = field(default_factory=dict)
+    reusable_from: Path | None = None  # an earlier run directory holding this stage, completed with this fingerprint
 
     @property
     def reads_stage_data(self) -> bool:
@@ -109,9 +111,18 @@ class RunLock:
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, run_dir: Path, reporter: ProgressReporter | None = None, force: tuple[str, ...] = ()):
+    def __init__(self, recipe: Recipe, run_dir: Path, reporter: ProgressReporter | None = None, force: tuple[str, ...] = (),
+                 reuse_from: Path | None = None):
+        """reuse_from: an earlier run directory (e.g. the previous round of a feedback loop); a stage this run
+        would train whose fingerprint matches a completed stage there is copied from it instead."""
         self.recipe = recipe
         self.run_dir = Path(run_dir)
+        self.reuse_from = Path(reuse_from) if reuse_from is not None else None
+        if self.reuse_from is not None:
+            if not self.reuse_from.is_dir():
+                raise PosttrainError(f"--reuse {self.reuse_from}: no such run directory")
+            if self.reuse_from.resolve() == self.run_dir.resolve():
+                raise PosttrainError(f"--reuse {self.reuse_from}: that is this run's own directory; its stages are reused anyway")
         self.reporter = reporter or ProgressReporter(quiet=True)
         unknown = [f for f in force if f not in {s.name for s in recipe.stages}]
         if unknown:
@@ -137,12 +148,22 @@ class Pipeline:
         if distributed.is_main():  # rank 0 owns the run directory
             write_json_atomic(self.layout.manifest(manifest["name"]), redact(manifest))
 
-    def _output_committed(self, stage: PlannedStage) -> bool:
+    def _output_committed(self, stage: PlannedStage, layout: RunLayout | None = None) -> bool:
+        layout = layout or self.layout
         if stage.role.produces_model:
-            return is_committed(self.layout.model_dir(stage.name))
+            return is_committed(layout.model_dir(stage.name))
         if stage.role is Role.DATA:
-            return self.layout.data_file(stage.name).is_file()
+            return layout.data_file(stage.name).is_file()
         return True
+
+    def _completed_with(self, stage: PlannedStage, fingerprint: str, layout: RunLayout) -> bool:
+        """Whether `layout`'s run holds `stage` completed with this fingerprint, its output committed."""
+        try:
+            manifest = json.loads(layout.manifest(stage.name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return (manifest.get("status") == "completed" and manifest.get("fingerprint") == fingerprint
+                and self._output_committed(stage, layout))
 
     def plan(self) -> list[ScheduledStage]:
         versions = library_versions()
@@ -161,16 +182,32 @@ class Pipeline:
             fingerprints[stage.name] = fingerprint
             if stage.role.produces_model:
                 self.store.register_stage(stage.name, stage.role, fingerprint)
-            manifest = self._read_manifest(stage.name)
-            cached = (
-                stage.name not in self.force
-                and manifest is not None
-                and manifest.get("status") == "completed"
-                and manifest.get("fingerprint") == fingerprint
-                and self._output_committed(stage)
-            )
-            plans.append(ScheduledStage(stage, fingerprint, cached, identity["dependencies"]))
+            cached = stage.name not in self.force and self._completed_with(stage, fingerprint, self.layout)
+            reusable = (not cached and stage.name not in self.force and self.reuse_from is not None
+                        and self._completed_with(stage, fingerprint, RunLayout(self.reuse_from)))
+            plans.append(ScheduledStage(stage, fingerprint, cached, identity["dependencies"], self.reuse_from if reusable else None))
         return plans
+
+    def _adopt_reused(self, plans: list[ScheduledStage]) -> None:
+        """Copy the stages (and the imported base) an earlier run already made with the same fingerprints.
+
+        Copied, not hard-linked: a later --force of a stage here, or an evaluation cache appended to, must
+        never change the earlier run's files.
+        """
+        source = RunLayout(self.reuse_from)
+        imported = self.store.imported_dir
+        if imported is not None and not is_committed(imported):
+            earlier = source.imported_dir(imported.name)
+            if is_committed(earlier):
+                _copy_dir(earlier, imported)
+        for plan in plans:
+            if plan.reusable_from is None:
+                continue
+            _copy_dir(source.stage_dir(plan.stage.name), self.layout.stage_dir(plan.stage.name))
+            manifest = self._read_manifest(plan.stage.name)
+            manifest["reused_from"] = str(self.reuse_from)
+            self._write_manifest(manifest)
+            plan.cached = True
 
     def _resolve_inputs(self, stage: PlannedStage) -> ResolvedInputs:
         """Names to models and files, through the store's one resolver."""
@@ -225,7 +262,10 @@ class Pipeline:
     def _run_locked(self) -> RunResults:
         if self.recipe.spec.trust_remote_code:
             self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
-        plans = self._agreed(self.plan())
+        plans = self.plan()
+        if any(p.reusable_from is not None for p in plans):
+            distributed.on_main(lambda: self._adopt_reused(plans))
+        plans = self._agreed(plans)
         if not all(p.cached for p in plans):
             if self.store.imported_dir is not None and not is_committed(self.store.imported_dir):
                 self.reporter.message(f"importing base {self.recipe.spec.base} into {self.store.imported_dir} (once per run directory; about a minute for 135M parameters on two cores)")
@@ -260,7 +300,8 @@ class Pipeline:
     def _run_stage(self, plan: ScheduledStage, plans: list[ScheduledStage], data: PreparedData | None) -> dict:
         stage = plan.stage
         if plan.cached:
-            self.reporter.message(f"[dim]{stage.name} ({stage.kind}): cached, fingerprint {plan.fingerprint}[/]")
+            how = f"reused from {plan.reusable_from}" if plan.reusable_from is not None else "cached"
+            self.reporter.message(f"[dim]{stage.name} ({stage.kind}): {how}, fingerprint {plan.fingerprint}[/]")
             manifest = self._read_manifest(stage.name)
             manifest["cached"] = True
             return manifest
@@ -356,3 +397,12 @@ class Pipeline:
             stages=stages,
             evaluation=evaluation,
         )
+
+
+def _copy_dir(source: Path, destination: Path) -> None:
+    """`source` copied to `destination` whole or not at all (copied beside it, then renamed into place)."""
+    partial = destination.with_name(f".{destination.name}.copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, symlinks=True)
+    shutil.rmtree(destination, ignore_errors=True)
+    partial.rename(destination)

@@ -10,6 +10,7 @@
       <stage>/data.jsonl    data stages: the rows later stages read with `data: stage:<name>`
       results.json          the typed run results (posttrain.results)
       posttrain.log         every line the run printed, timestamped (appended by each run)
+      feedback.sqlite       judgements of the run's models (`posttrain chat` / `serve` default; posttrain.feedback)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ADAPTER_DIRNAME = "adapter"
 DATA_FILENAME = "data.jsonl"
 RESULTS_FILENAME = "results.json"
 LOG_FILENAME = "posttrain.log"
+FEEDBACK_FILENAME = "feedback.sqlite"
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,7 @@ class RunLayout:
     @property
     def log(self) -> Path:
         return self.root / LOG_FILENAME
+
+    @property
+    def feedback_store(self) -> Path:
+        return self.root / FEEDBACK_FILENAME

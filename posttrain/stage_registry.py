@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "posttrain.stages"
 BUILTIN_STAGES = [
     "posttrain.stages.sft:SFTStage",
     "posttrain.stages.dpo:DPOStage",
+    "posttrain.stages.iterative_dpo:IterativeDPOStage",
     "posttrain.stages.orpo:ORPOStage",
     "posttrain.stages.kto:KTOStage",
     "posttrain.stages.ppo:PPOStage",

@@ -126,6 +126,45 @@ def run_with_fault(fault: str, *args: str) -> subprocess.CompletedProcess:
     return run_cli_process(*args, env={"PYTHONPATH": str(FAULT_PLUGIN), "POSTTRAIN_TEST_FAULT": fault})
 
 
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory):
+    """`posttrain run recipes/chat.yaml` from empty, once per test session (slow tests only): (run dir, CliResult).
+    Tests that train from it copy what they need (`--reuse`) and never change it."""
+    out = tmp_path_factory.mktemp("chat") / "run"
+    result = run_cli("run", "recipes/chat.yaml", "--output", str(out), "--quiet", env={"COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, timeout: float = 300):
+    """`python -m posttrain serve ARGS` as a separate process; yields (process, url) once it serves, stops it after."""
+    import queue
+    import threading
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "posttrain", "serve", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    url, seen, deadline = None, [], time.monotonic() + timeout
+    try:
+        while url is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if line.startswith("serving "):
+                url = line.split(" at ")[1].split()[0]
+        assert url, f"the server did not start: {''.join(seen)}"
+        process.printed = seen  # what it said up to serving (tests check no secret is in it)
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def tiny_recipe(**stages) -> dict:
     """A recipe dict on the embedded model; stages given as name=config, in order."""
     return {"name": "tiny", "base": "builtin:tiny-chat", "seed": 0, "stages": stages}

@@ -11,15 +11,7 @@ import shutil
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, run_cli
-
-
-@pytest.fixture(scope="module")
-def chat_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("chat") / "run"
-    result = run_cli("run", "recipes/chat.yaml", "--output", str(out), "--quiet", env={"COLUMNS": "250"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+from conftest import run_cli
 
 
 # Refusal of held-out unsafe requests, SFT -> aligned, measured on this machine (docs/stages.md):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from conftest import REPO, quick_sft, run_cli, tiny_recipe

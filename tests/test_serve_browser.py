@@ -8,12 +8,7 @@ chromium-driver) and selenium (the test extra); it is skipped, saying so, when t
 from __future__ import annotations
 
 import json
-import queue
 import shutil
-import subprocess
-import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -21,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import REPO, quick_dpo, quick_sft, run_cli, tiny_recipe
+from conftest import quick_dpo, quick_sft, run_cli, serve_process, tiny_recipe
 from posttrain.feedback.store import FeedbackStore
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]
@@ -38,26 +33,9 @@ def served(tmp_path_factory):
     result = run_cli("run", str(recipe), "--output", str(root / "run"), "--quiet")
     assert result.returncode == 0, result.stderr
     store = root / "feedback.sqlite"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "posttrain", "serve", str(root / "run"), "--port", "0", "--feedback", str(store),
-         "--max-new-tokens", "8", "--token", TOKEN],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    url, seen, deadline = None, [], time.monotonic() + 300
-    while url is None and time.monotonic() < deadline and process.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if line.startswith("serving "):
-            url = line.split(" at ")[1].split()[0]
-    assert url, f"the server did not start: {''.join(seen)}"
-    assert TOKEN not in "".join(seen)  # the token is never printed
-    yield {"url": url, "store": store, "run": root / "run", "process": process}
-    process.terminate()
-    process.wait(timeout=30)
+    with serve_process(str(root / "run"), "--port", "0", "--feedback", str(store), "--max-new-tokens", "8", "--token", TOKEN) as (process, url):
+        assert TOKEN not in "".join(process.printed)  # the token is never printed
+        yield {"url": url, "store": store, "run": root / "run", "process": process}
 
 
 def call(served, path: str, body=None, token: str | None = TOKEN, data: bytes | None = None) -> tuple[int, object]:

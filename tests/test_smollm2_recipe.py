@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 from posttrain import gguf_import
 from posttrain.data.sources import load_rows
 from posttrain.embedded import real_world

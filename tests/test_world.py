@@ -43,7 +43,7 @@ def test_generators_are_deterministic():
 def test_shipped_eval_suite_matches_the_generator():
     for group, name in (("skills", "world_skills"), ("safety", "world_safety"), ("over_refusal", "world_over_refusal")):
         shipped = [json.loads(line) for line in (TASKS_DIR / "assistant_world" / f"{name}.jsonl").read_text().splitlines()]
-        assert shipped == world.eval_rows(group), f"regenerate with: python -m posttrain.eval.suites"
+        assert shipped == world.eval_rows(group), "regenerate with: python -m posttrain.eval.suites"
 
 
 def test_shipped_tokenizer_matches_a_rebuild():

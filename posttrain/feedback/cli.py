@@ -40,12 +40,12 @@ def chat_command(
     """Chat with a model in the terminal; rate (/up, /down), correct (/edit), flag (/flag) its answers."""
     from posttrain.feedback.chat import TerminalChat
     from posttrain.feedback.models import find_model
-    from posttrain.feedback.server import DEFAULT_STORE_NAME
     from posttrain.feedback.store import FeedbackStore
+    from posttrain.run_layout import RunLayout
 
     sampling = _sampling(max_new_tokens, temperature, top_p)
     source = find_model(model)
-    default = (source.directory.parent.parent if source.stage else Path(".")) / DEFAULT_STORE_NAME
+    default = RunLayout(source.directory.parent.parent if source.stage else Path(".")).feedback_store
     store = FeedbackStore(feedback or default)
     TerminalChat(source, store, sampling, user or f"cli-{uuid.uuid4().hex[:12]}", system).run()
 

@@ -33,13 +33,13 @@ from pathlib import Path
 from posttrain.feedback.exporters import FORMATS, export, to_jsonl_text
 from posttrain.feedback.models import ChatModel, Sampling, run_models
 from posttrain.feedback.store import ARENA_CHOICES, FLAGS, KINDS, Answer, FeedbackError, FeedbackStore, Judgement, check_conversation
+from posttrain.run_layout import RunLayout
 
 STATIC = files("posttrain.feedback") / "static"
 MAX_BODY_BYTES = 256 * 1024  # a request body larger than this is refused (413) before it is read whole
 MAX_TEXT_CHARS = 8000  # one message or corrected answer
 MAX_MESSAGES = 200
 MAX_REMEMBERED_ANSWERS = 20000  # answers the page may still judge; the oldest are forgotten first
-DEFAULT_STORE_NAME = "feedback.sqlite"
 
 
 class BadRequest(Exception):
@@ -286,7 +286,7 @@ def serve(run: Path, model_names: list[str] | None, host: str, port: int, feedba
         raise FeedbackError(f"--host {host} makes the page reachable from other machines; give --token T (or set "
                             f"POSTTRAIN_SERVE_TOKEN) so that only people with the token can use it")
     sources = run_models(run, model_names)
-    store = FeedbackStore(feedback or Path(run) / DEFAULT_STORE_NAME)
+    store = FeedbackStore(feedback or RunLayout(Path(run)).feedback_store)
     models = {source.name: ChatModel(source) for source in sources}
     app = build_app(FeedbackService(models, store, sampling), token)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

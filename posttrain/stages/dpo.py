@@ -48,7 +48,8 @@ class DPOStage(PreferenceStage):
     def reference(ctx: StageContext) -> ModelRef:
         return ctx.store.resolve(BASE) if ctx.config.reference == "base" else ctx.parent
 
-    def build_trainer(self, ctx: StageContext) -> DPOTrainer:
+    def build_trainer(self, ctx: StageContext, reference: ModelRef | None = None) -> DPOTrainer:
+        """TRL's DPOTrainer on ctx.data's pairs, from ctx.parent; against `reference` (default: as the config says)."""
         # Training libraries load here, not at import: `validate` and `plan` stay fast.
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
@@ -59,7 +60,7 @@ class DPOStage(PreferenceStage):
 
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
         model = load_trainable_model(ctx)
-        reference = self.reference(ctx)
+        reference = reference or self.reference(ctx)
         # With LoRA and the parent as reference, TRL disables the adapter to get reference
         # log-probs: no second copy of the weights.
         use_adapter_as_reference = config.lora is not None and reference == ctx.parent
