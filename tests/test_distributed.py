@@ -214,6 +214,30 @@ def test_two_processes_with_half_the_batch_train_as_one_with_all_of_it(chat_runs
 
 
 @pytest.mark.slow
+def test_dpo_on_two_processes_with_half_the_batch_trains_as_one_with_all_of_it(write_recipe, tmp_path):
+    # The same for DPO (its reference is the parent, loaded on every rank), from one SFT model: the two-process
+    # run takes the one-process run's sft stage (--reuse), so only DPO's own arithmetic can differ. Plain SGD:
+    # Adam divides each step by the gradient's running scale, so a weight whose gradient is ~0 moves by about the
+    # learning rate one way or the other as float32 summation order decides (measured with Adam at 1e-3: losses
+    # within 4.5e-5, weights 2.0e-3 apart). Measured with SGD: losses within 4.5e-5, weights within 5.3e-5.
+    def recipe(batch: int) -> Path:
+        dpo = {"kind": "dpo", "from": "sft", "data": "builtin:assistant_world/feedback", "max_steps": 4, "batch_size": batch,
+               "optimizer": "sgd", "learning_rate": 0.5, "logging_steps": 1, "save_steps": 0}
+        return write_recipe(tiny_recipe(sft=quick_sft(max_steps=4, batch_size=16), dpo=dpo), name=f"dpo-{batch}.yaml")
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_cli("run", str(recipe(16)), "--output", str(one), "--quiet")
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = torchrun("run", str(recipe(8)), "--output", str(two), "--reuse", str(one), "--quiet")
+    assert double.returncode == 0, double.stderr[-5000:]
+    assert manifest(two, "sft")["reused_from"] == str(one) and manifest(two, "dpo")["world_size"] == 2
+    single_loss, several_loss = manifest(one, "dpo")["curves"]["loss"], manifest(two, "dpo")["curves"]["loss"]
+    assert len(single_loss) == len(several_loss) == 4
+    assert max(abs(a - b) for (_, a), (_, b) in zip(single_loss, several_loss)) < 1e-4, (single_loss, several_loss)
+    assert max_weight_difference(one / "dpo", two / "dpo") < 1e-4
+
+
+@pytest.mark.slow
 def test_evaluation_split_across_ranks_scores_as_one_process(chat_runs):
     one, two, _ = chat_runs
     single, several = manifest(one, "eval")["evaluation"]["models"], manifest(two, "eval")["evaluation"]["models"]

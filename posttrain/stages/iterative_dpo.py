@@ -91,7 +91,7 @@ class IterativeDPOStage(DPOStage):
             if done is None:
                 done = self._round(ctx, number, round_dir, current, anchor, scorer, tokenizer, _round_prompts(prompts, config, ctx.seed, number))
             else:
-                ctx.progress.message(f"  round {number}: done earlier (reward {done['reward']:.3f}, kl {done['kl']:.3f})")
+                ctx.progress.message(f"  round {number}: done earlier (reward {done['sampled']['reward']:.3f}, kl {done['sampled']['kl']:.3f})")
             history.append(done)
             current = ModelRef(f"{ctx.name}/round-{number}", str(round_dir / "model"), Role.POLICY, f"{ctx.fingerprint}-round-{number}")
 
