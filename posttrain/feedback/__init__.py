@@ -11,5 +11,6 @@
     posttrain feedback export      thumbs | pairs | kto | openai JSONL (exporters.py) a recipe's data: reads
 
 models.py loads the models people talk to (a run's stage directory or a model directory) and
-generates their answers; nothing here is imported by the training core.
+generates their answers. The training core imports only store.py and exporters.py (a recipe's
+data may be a store: posttrain/data/sources.py); never the chat, the server or the models.
 """
