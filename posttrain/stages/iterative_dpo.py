@@ -20,16 +20,18 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from posttrain.atomic import atomic_directory, is_committed, write_json_atomic, write_text_atomic
 from posttrain.data.accounting import DataAccounting
 from posttrain.errors import StageError
-from posttrain.model_store import ModelRef
 from posttrain.stage import PreparedData, Role, StageContext, StageInputs, StageResult, setting_error
 from posttrain.stages.dpo import DPOStage, DPOStageConfig
+
+if TYPE_CHECKING:
+    from posttrain.model_store import ModelRef
 
 ROUNDS_DIRNAME = "rounds"
 
@@ -74,6 +76,7 @@ class IterativeDPOStage(DPOStage):
         return prompt_data(config, data_files)
 
     def run(self, ctx: StageContext) -> StageResult:
+        from posttrain.model_store import ModelRef
         from posttrain.reward.scorer import gated_scorer
         from posttrain.training import save_stage_model
 
