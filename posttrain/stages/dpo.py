@@ -32,6 +32,9 @@ class DPOStageConfig(PreferenceStageConfig):
     sft_weight: float = Field(0.0, ge=0, description="Weight of an added NLL loss on the chosen responses (RPO); keeps small models from unlearning what the chosen answers share.")
     precompute_ref_log_probs: bool = Field(False, description="Compute the reference's log-probs once before training, then free the reference model.")
     reference: Literal["parent", "base"] = Field("parent", description="Reference model: the parent checkpoint, or the recipe's base.")
+    completion_head: bool = Field(True, description="Run the output head on completion tokens only, for the policy and the reference "
+                                                    "(the same log-probs, less work: posttrain.completion_loss); false: TRL's head, which off "
+                                                    "CUDA scores every position.")
 
 
 class DPOStage(PreferenceStage):
@@ -84,4 +87,21 @@ class DPOStage(PreferenceStage):
             peft_config=peft_config(config.lora),
             callbacks=callbacks(ctx),
         )
+        if config.completion_head:
+            compact_dpo_heads(trainer)
         return trainer
+
+
+def compact_dpo_heads(trainer: DPOTrainer) -> None:
+    """Policy and reference score completion tokens only (posttrain.completion_loss.install_dpo_head), where that
+    computes what TRL's head does: not for WPO weighting (it needs another per-token field), nor under FSDP or
+    DeepSpeed (sharded heads)."""
+    from accelerate.utils import is_peft_model
+
+    from posttrain.completion_loss import install_dpo_head
+
+    if trainer.use_weighting or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return
+    install_dpo_head(trainer.model.get_base_model() if is_peft_model(trainer.model) else trainer.model)
+    if trainer.ref_model is not None:
+        install_dpo_head(trainer.ref_model)
