@@ -202,6 +202,11 @@ class Pipeline:
                 _copy_dir(earlier, imported)
         for plan in plans:
             if plan.reusable_from is None:
+                if not plan.cached:  # it runs again here: its content-keyed caches from the earlier run still serve
+                    for name in plan.stage.stage_cls.shared_caches:
+                        earlier, here = source.stage_dir(plan.stage.name) / name, self.layout.stage_dir(plan.stage.name) / name
+                        if earlier.is_dir() and not here.exists():
+                            _copy_dir(earlier, here)
                 continue
             _copy_dir(source.stage_dir(plan.stage.name), self.layout.stage_dir(plan.stage.name))
             manifest = self._read_manifest(plan.stage.name)
@@ -263,7 +268,7 @@ class Pipeline:
         if self.recipe.spec.trust_remote_code:
             self.reporter.message("[yellow]trust_remote_code is ON for this recipe: model code from the hub will run.[/]")
         plans = self.plan()
-        if any(p.reusable_from is not None for p in plans):
+        if self.reuse_from is not None:
             distributed.on_main(lambda: self._adopt_reused(plans))
         plans = self._agreed(plans)
         if not all(p.cached for p in plans):

@@ -268,6 +268,9 @@ class Stage:
     kind: ClassVar[str]
     role: ClassVar[Role]
     Config: ClassVar[type[StageConfig]] = StageConfig
+    # Subdirectories of the stage's directory whose entries are keyed by their own content (e.g. an evaluation cache):
+    # a run that takes stages from an earlier run (--reuse) also takes these when the stage itself must run again.
+    shared_caches: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def inputs(cls, config: StageConfig) -> StageInputs:

@@ -69,6 +69,8 @@ def test_feedback_captured_by_the_server_retrains_only_alignment_and_moves_the_j
         manifest = json.loads((round2 / stage / "stage.json").read_text())
         assert manifest["status"] == "completed" and "reused_from" not in manifest
     assert json.loads((round2 / "sft" / "stage.json").read_text())["reused_from"] == str(round1)
+    # Round 1's evaluation cache came along: base and sft (unchanged) were not evaluated again.
+    assert json.loads((round2 / "eval" / "stage.json").read_text())["metrics"]["models_from_cache"] == 2
     data = json.loads((round2 / "align" / "stage.json").read_text())["data"]
     from_store = data["details"]["sources"][str(store)]
     assert from_store["rows_read"] == 2 * len(CORRECTIONS) and from_store["examples"] == len(CORRECTIONS)  # one pair per edit

@@ -109,6 +109,7 @@ class EvalStage(Stage):
     kind = "eval"
     role = Role.EVALUATION
     Config = EvalStageConfig
+    shared_caches = ("cache", JUDGE_CACHE_DIRNAME)  # keyed by model fingerprint, tasks and settings; by judge and pair
 
     @classmethod
     def inputs(cls, config: EvalStageConfig) -> StageInputs:
@@ -190,7 +191,7 @@ class EvalStage(Stage):
         if config.cache:
             from posttrain.eval.cache import EvalCache
 
-            cache = EvalCache(ctx.stage_dir / "cache", tasks_digest(config.tasks, config.task_paths), settings.to_dict())
+            cache = EvalCache(ctx.stage_dir / self.shared_caches[0], tasks_digest(config.tasks, config.task_paths), settings.to_dict())
 
         entries, samples, template_fingerprints, hits = {}, {}, {}, []
         evaluated = ctx.inputs.evaluated
