@@ -163,8 +163,8 @@ def test_the_recipe_validates_for_every_alignment_choice(method):
 
 
 # -- the real thing, shortened -------------------------------------------------------------------
-# SFT (20 steps) and DPO with its NLL term (4 steps), no reward model, five of the seven suites on
-# their first 8 held-out documents each. Measured 2026-11-22 on 2 idle cores: 3 min 56 s wall, peak
+# SFT (20 steps) and DPO with its NLL term (4 steps), no reward model, no pairwise judge, five of the
+# seven suites on their first 8 held-out documents each. Measured 2026-11-22 on 2 idle cores: 3 min 56 s wall, peak
 # RSS 5.8 GB (align); base -> sft -> align: valid JSON 0.125 -> 1.000 -> 1.000, answers 25.5 -> 5.6
 # -> 5.0 words with the facts kept (keywords 0.50 -> 0.75 -> 0.625), benign refusals 0 -> 0 -> 0.
 # Unsafe refusal did not move in so few steps (0 -> 0 -> 0): not asserted here.
@@ -173,6 +173,7 @@ SHORTENED = [
     "--set", "stages.sft.max_steps=20",
     "--set", "stages.align.dpo.max_steps=4",
     "--set", "stages.eval.reward_model=null", "--set", "stages.eval.min_reward_accuracy=null",
+    "--set", "stages.eval.judge=null",  # the recipe's pairwise judge (base) is part of the full run only
     "--set", "stages.eval.tasks=[real_json, real_facts, real_safety, real_over_refusal, real_injection]",
     "--set", "stages.eval.limit=8",
 ]
