@@ -46,9 +46,12 @@ BUILTIN_SUPPORT: dict[str, tuple[str, ...]] = {
     "reward_model": TRL_TRAINER_STRATEGIES,
     "rloo": ("ddp",),
     "grpo": ("ddp",),
-    "ppo": ("ddp",),  # our own loop: DistributedDataParallel around the policy and the critic
+    "ppo": ("ddp", "fsdp2"),  # our own loop: DistributedDataParallel around the policy and the critic, or torch's fully_shard
     "eval": STRATEGIES,  # evaluation trains nothing: the strategy does not apply to it
 }
+# Kinds for which fsdp2 needs no accelerate, so it runs on CPU processes (gloo) too: ppo calls torch's fully_shard
+# itself; eval trains nothing. Every other kind shards through the Trainer, i.e. accelerate, which needs GPUs for FSDP.
+FSDP2_WITHOUT_ACCELERATE = ("ppo", "eval")
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ def describe(recipe) -> str:
     chosen = recipe.spec.distributed.strategy
     refused = [s.name for s in recipe.stages if chosen not in supported_strategies(s.stage_cls)]
     verdict = "every stage supports it" if not refused else f"not supported by {', '.join(refused)} (refused before training)"
-    problem = strategy_problem(chosen)
+    problem = strategy_problem(chosen, [s.kind for s in recipe.stages])
     if problem:
         verdict += f"; on this machine: {problem}"
     return (f"distributed: strategy {chosen} when launched on several processes (torchrun --nproc_per_node N -m posttrain run ...); "
@@ -248,7 +251,7 @@ def check_plan(recipe, size: int | None = None) -> None:
         problem = _combination_problem(strategy, stage.config, size)
         if problem:
             raise RecipeError(f"{where}: stages.{stage.name}: {problem}")
-    problem = strategy_problem(strategy)
+    problem = strategy_problem(strategy, [stage.kind for stage in recipe.stages])
     if problem:
         raise RecipeError(f"{where}: distributed.strategy: {strategy}: {problem}")
 
@@ -283,18 +286,20 @@ def _combination_problem(strategy: str, config, size: int) -> str | None:
     return None
 
 
-def strategy_problem(strategy: str) -> str | None:
-    """Why the strategy cannot run on this machine, or None."""
+def strategy_problem(strategy: str, kinds: list[str]) -> str | None:
+    """Why the strategy cannot run on this machine for stages of these kinds, or None."""
     import importlib.util
 
     import torch
 
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
-    if strategy == "fsdp2" and not cuda:
-        # torch's FSDP2 itself runs on gloo, but accelerate (which the Trainer trains through) turns FSDP on only
-        # for GPU-like process groups: on CPUs the Trainer would quietly train with DDP instead.
-        return ("sharding runs on CUDA GPUs only here (accelerate enables FSDP for GPU process groups, not for CPU "
-                "processes); use strategy: ddp on CPUs")
+    through_trainer = sorted({kind for kind in kinds if kind not in FSDP2_WITHOUT_ACCELERATE})
+    if strategy == "fsdp2" and not cuda and through_trainer:
+        # torch's FSDP2 itself runs on gloo (ppo shards with it on CPUs), but accelerate (which the Trainer trains
+        # through) turns FSDP on only for GPU-like process groups: on CPUs the Trainer would quietly train with DDP instead.
+        return (f"sharding runs on CUDA GPUs only here for {', '.join(through_trainer)} (the Trainer shards through "
+                "accelerate, which enables FSDP for GPU process groups, not for CPU processes); use strategy: ddp on "
+                "CPUs (ppo alone shards on CPUs: it calls torch's fully_shard itself)")
     if strategy in ("zero2", "zero3"):
         if importlib.util.find_spec("deepspeed") is None:
             return "DeepSpeed is not installed (pip install deepspeed; it needs CUDA GPUs); or use strategy: ddp"

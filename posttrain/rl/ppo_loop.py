@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain import distributed
-from posttrain.errors import StageError
+from posttrain.errors import StageError, StageInterrupted
 from posttrain.rl import ppo_math as pm
 from posttrain.rl.rollout import Rollout, response_logprobs, sample, token_values
 
@@ -36,39 +36,102 @@ class PPOParts:
     scheduler: object
     kl_controller: pm.AdaptiveKLController
     history: list[dict] = field(default_factory=list)  # per-iteration stats, for curves
-    # Several processes: the policy and the critic wrapped in DistributedDataParallel, which the updates
-    # go through so that their gradients are averaged across ranks (None: one process, the models themselves).
+    # Several processes (`distribute`): what the updates go through so that gradients are averaged across ranks, the
+    # policy and the critic wrapped in DistributedDataParallel, or sharded by FSDP2 (None: one process, the models themselves).
     actor: torch.nn.Module | None = None
     critic: torch.nn.Module | None = None
+    sharded: bool = False  # FSDP2: each rank holds a shard of every weight and optimizer state
+    gathered: dict | None = None  # FSDP2: the whole state at the step about to be checkpointed (rank 0's; see `gather_for_checkpoint`)
 
-    def distribute(self) -> None:
-        """Wrap the models for the updates when several processes run (each rank rolls out its share of a batch)."""
-        if not distributed.world().distributed:
+    def gather_for_checkpoint(self, step: int, total: int, save_steps: int) -> None:
+        """FSDP2: when run_own_loop will checkpoint after this step (every `save_steps`, or a SIGINT/SIGTERM received
+        by any rank), every rank joins in gathering the whole weights and optimizer state, which rank 0 keeps: the
+        loop calls `save` on rank 0 alone, and a shard cannot be read from another process there."""
+        if not self.sharded:
             return
-        from torch.nn.parallel import DistributedDataParallel
+        due = bool(save_steps) and step % save_steps == 0 and step < total
+        if not (any(distributed.gather(_stop_requested())) or due):
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-        self.actor = DistributedDataParallel(self.policy)
-        self.critic = DistributedDataParallel(Critic(self.value))
+        whole = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets full CPU tensors, the others {}
+        self.gathered = {"step": step, "policy": get_model_state_dict(self.policy, options=whole),
+                         "value": get_model_state_dict(self.value, options=whole),
+                         "optimizer": get_optimizer_state_dict(self._models(), self.optimizer, options=whole)}
+
+    def _models(self) -> torch.nn.Module:
+        # The optimizer's two parameter groups live in two models: one module over both names every parameter.
+        return torch.nn.ModuleDict({"policy": self.policy, "value": self.value})
 
     def save(self, directory: Path) -> None:
-        save_file(_trainable_state(self.policy), directory / "policy.safetensors")
-        save_file(_trainable_state(self.value), directory / "value.safetensors")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, directory / "optimizer_and_rng.pt")
+        gathered = self.gathered or {}
+        if self.sharded and gathered.get("step") != len(self.history):
+            # A stop signal that came after this iteration's gather (sent by a hook's after_step, or arriving in between):
+            # the other ranks are already waiting for the commit, so nothing more can be gathered for this iteration.
+            raise StageInterrupted(f"stopped by a signal after iteration {len(self.history)} had passed the point where fsdp2 "
+                                   "gathers its sharded weights for a checkpoint: none written for it; committed checkpoints "
+                                   "are intact: run the same command again to resume from the last one")
+        save_file(_trainable_state(self.policy, gathered.get("policy")), directory / "policy.safetensors")
+        save_file(_trainable_state(self.value, gathered.get("value")), directory / "value.safetensors")
+        torch.save({"optimizer": gathered["optimizer"] if self.sharded else self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}, directory / "optimizer_and_rng.pt")
         (directory / "loop_state.json").write_text(json.dumps({"step": len(self.history), "kl_coef": self.kl_controller.value,
                                                                "history": self.history}))
+        self.gathered = None
 
     def load(self, directory: Path) -> int:
-        self.policy.load_state_dict(load_file(directory / "policy.safetensors"), strict=False)
-        self.value.load_state_dict(load_file(directory / "value.safetensors"), strict=False)
         states = torch.load(directory / "optimizer_and_rng.pt", weights_only=True)
-        self.optimizer.load_state_dict(states["optimizer"])
+        if self.sharded:  # every rank reads the whole state and keeps its shard
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+            set_model_state_dict(self.policy, load_file(directory / "policy.safetensors"), options=StateDictOptions(full_state_dict=True, strict=False))
+            set_model_state_dict(self.value, load_file(directory / "value.safetensors"), options=StateDictOptions(full_state_dict=True, strict=False))
+            set_optimizer_state_dict(self._models(), self.optimizer, states["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            self.policy.load_state_dict(load_file(directory / "policy.safetensors"), strict=False)
+            self.value.load_state_dict(load_file(directory / "value.safetensors"), strict=False)
+            self.optimizer.load_state_dict(states["optimizer"])
         self.scheduler.load_state_dict(states["scheduler"])
         torch.set_rng_state(states["rng"])
         state = json.loads((directory / "loop_state.json").read_text())
         self.kl_controller.value = state["kl_coef"]
         self.history = state["history"]
         return state["step"]
+
+
+def distribute(policy: torch.nn.Module, reference: torch.nn.Module | None, value: torch.nn.Module) -> dict:
+    """Several processes: PPOParts' `actor`, `critic` and `sharded` for the recipe's strategy (one process: {}).
+
+    ddp: the policy and the critic wrapped in DistributedDataParallel. fsdp2: torch's fully_shard (FSDP2, on the
+    gloo group: CPUs too) applied in place to the policy, the value model and the reference, one group per decoder
+    layer (the model's `_no_split_modules`) and one for the rest; a forward gathers a group's weights for itself and
+    backward reduce-scatters the gradients. Call it before building the optimizer: fully_shard replaces parameters."""
+    here = distributed.world()
+    if not here.distributed:
+        return {}
+    critic = Critic(value)
+    if distributed.strategy() != "fsdp2":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return {"actor": DistributedDataParallel(policy), "critic": DistributedDataParallel(critic)}
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh("cpu", (here.size,))  # the loop runs where the models were loaded: the CPU
+
+    def shard(model: torch.nn.Module, root: torch.nn.Module) -> None:
+        layers = set(getattr(model, "_no_split_modules", None) or ())
+        for module in model.modules():
+            if type(module).__name__ in layers:
+                fully_shard(module, mesh=mesh)
+        fully_shard(root, mesh=mesh)
+
+    shard(policy, policy)
+    register_fsdp_forward_method(policy, "generate")  # generate calls forward itself: gather the root's weights around it
+    shard(value, critic)  # the critic reads the backbone and the score head directly: its forward is the root's
+    if reference is not None:
+        shard(reference, reference)
+    return {"actor": policy, "critic": critic, "sharded": True}
 
 
 class Critic(torch.nn.Module):
@@ -113,7 +176,7 @@ def ppo_iteration(parts: PPOParts, batch: list, config, step: int) -> dict:
                 ref_logprobs, _ = response_logprobs(policy, rollout, config.temperature)
         else:
             ref_logprobs, _ = response_logprobs(reference, rollout, config.temperature)
-        old_values = token_values(value, rollout)
+        old_values = parts.critic(rollout) if parts.sharded else token_values(value, rollout)
         kl = pm.kl_penalty(old_logprobs, ref_logprobs, config.kl_estimator)
         rewards = pm.token_rewards(scores, kl, mask, kl_controller.value)
         advantages, returns = pm.gae(rewards, old_values, mask, config.gamma, config.lam)
@@ -178,6 +241,17 @@ def _select(rollout: Rollout, idx: torch.Tensor) -> Rollout:
                    rollout.response_ids[idx], rollout.mask[idx], rollout.ended_with_eos[idx])
 
 
-def _trainable_state(model) -> dict:
-    # Only what trains (all weights, or the LoRA adapter and head); clone to untie shared tensors.
-    return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+def _trainable_state(model, whole: dict | None = None) -> dict:
+    # Only what trains (all weights, or the LoRA adapter and head), from the model or its gathered state (FSDP2);
+    # clone to untie shared tensors.
+    source = whole if whole is not None else dict(model.named_parameters())
+    return {name: source[name].detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _stop_requested() -> bool:
+    """Whether run_own_loop's SIGINT/SIGTERM handler (training.StopOnSignal, installed around the loop) has fired:
+    the loop then checkpoints after this step."""
+    import signal
+
+    stopper = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return getattr(stopper, "received", None) is not None

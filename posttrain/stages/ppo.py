@@ -7,7 +7,9 @@ then run several epochs of minibatch updates with the clipped policy and value l
 
 With LoRA the reference is the policy with its adapter disabled: no second copy of the
 weights. Checkpoints are committed every `save_steps` iterations like every other stage's,
-and a killed run resumes from the last one.
+and a killed run resumes from the last one. On several processes the policy and the critic
+train under DistributedDataParallel, or (strategy fsdp2) the policy, critic and reference are
+sharded with torch's fully_shard, on CPUs too (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class PPOStage(TrainingStage):
         from transformers import Trainer, TrainingArguments, get_scheduler
 
         from posttrain.reward.scorer import gated_scorer
-        from posttrain.rl.ppo_loop import PPOParts, ppo_iteration, prompt_order
+        from posttrain.rl.ppo_loop import PPOParts, distribute, ppo_iteration, prompt_order
         from posttrain.rl.ppo_math import AdaptiveKLController
         from posttrain.training import LoopTrackers, load_trainable_model, peft_config, run_own_loop, save_stage_model, trackers, tracker_run_name
         from posttrain.training_settings import resolve_precision
@@ -105,6 +107,8 @@ class PPOStage(TrainingStage):
         if config.gradient_checkpointing:
             for model in (policy, value):
                 model.activation_checkpointing_enable()
+        # Several processes: DDP wrappers, or (fsdp2) the models sharded in place, before the optimizer takes their parameters.
+        wrapped = distribute(policy, reference, value)
         # The optimizer by its transformers name, built as the Trainer builds it; the trackers as a Trainer calls them.
         args = TrainingArguments(output_dir=str(ctx.stage_dir / "trainer"), optim=config.optimizer, learning_rate=config.learning_rate,
                                  weight_decay=config.weight_decay, use_cpu=True, report_to=list(config.report_to) or "none",
@@ -122,8 +126,7 @@ class PPOStage(TrainingStage):
         total_updates = iterations * config.ppo_epochs * minibatches
         scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_updates), num_training_steps=total_updates)
         parts = PPOParts(policy, reference, value, scorer, tokenizer, optimizer, scheduler,
-                         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon))
-        parts.distribute()
+                         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon), **wrapped)
         order = prompt_order(len(prompts), iterations * config.batch_size, ctx.seed)
         here = distributed.world()  # several processes: batch_size and minibatch_size are the whole batch's, split evenly
         local = config.model_copy(update={"minibatch_size": config.minibatch_size // here.size}) if here.distributed else config
@@ -134,6 +137,7 @@ class PPOStage(TrainingStage):
             batch = [prompts[i] for i in order[(step - 1) * config.batch_size: step * config.batch_size]][here.rank::here.size]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 stats = ppo_iteration(parts, batch, local, step)
+            parts.gather_for_checkpoint(step, iterations, config.save_steps)  # fsdp2: every rank joins before rank 0 saves
             stats = distributed.mean_of(stats)  # the whole batch's figures: every rank's share, averaged
             parts.history.append({"step": step, **stats})
             tracked.log(step, stats)
