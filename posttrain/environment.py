@@ -29,6 +29,11 @@ LIBRARY_DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     # datasets counts each load of its json builder with a request to s3.amazonaws.com (lm-eval's tasks load so).
     "HF_UPDATE_DOWNLOAD_COUNTS": "0",
+    # bitsandbytes 0.50, imported by peft whenever transformers' Trainer loads, asks the hub on CPUs with
+    # AVX512-BF16 for an optional kernel (kernels-community/quantization-bitsandbytes) that `kernels` then refuses
+    # to load without trust_remote_code. Mapping that repository to a path that does not exist makes `kernels`
+    # fail before any request; bitsandbytes falls back to its own CPU code, as it does online.
+    "LOCAL_KERNELS": "kernels-community/quantization-bitsandbytes=/nonexistent/posttrain-no-hub-kernel",
 }
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 

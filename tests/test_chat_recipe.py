@@ -154,8 +154,9 @@ def test_ppo_raises_the_reward_with_bounded_kl_and_moves_behaviour(chat_run, tmp
 
 
 @pytest.mark.slow
-def test_internal_profile_reuses_the_cached_sft(chat_run):
-    out, _ = chat_run
+def test_internal_profile_reuses_the_cached_sft(chat_run, tmp_path):
+    out = tmp_path / "run"  # a copy: the session's chat run stays the public profile's for the tests after this one
+    shutil.copytree(chat_run[0], out, ignore=shutil.ignore_patterns(".lock"))
     result = run_cli("run", "recipes/chat.yaml", "--profile", "internal", "--output", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "sft (sft): cached" in result.stderr
