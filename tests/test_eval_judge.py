@@ -39,6 +39,9 @@ KEY = "sk-test-" + secrets.token_hex(16)
     ("A", "A"), ("b", "B"), ("**B**", "B"), ("(A)", "A"), ("Answer: B.", "B"), (" tie ", "tie"), ("Equal.", "tie"),
     ("[[A]]", "A"), ("Verdict: B", "B"), ("Verdict: tie", "tie"), ("The better answer is A.", "A"),
     ("Answer A is better than answer B.", "A"), ("B. It is shorter and correct.", "B"), ("B is better", "B"), ("It's a tie.", "tie"),
+    # what SmolLM2-135M wrote as a judge (docs/real-model.md)
+    ("The answer that is better is B.", "B"), ("The correct answer is: B", "B"), ("A is the better answer.", "A"),
+    ("The best response is A because it is shorter.", "A"),
     # no verdict: noise, the article "A", both letters claimed, nothing at all
     ("........", None), ("CountCountCount", None), ("A lot of people think so", None), ("[[A]] or maybe [[B]]", None), ("", None),
     ("Hard to say without more context.", None), (None, None),

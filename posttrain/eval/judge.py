@@ -154,10 +154,11 @@ _WHOLE = re.compile(r"[\s\W_]*(?:(?:answer|response|option|verdict)\s*[:\-]?\s*)
 _WHOLE_TIE = re.compile(r"[\s\W_]*(?:(?:verdict)\s*[:\-]?\s*)?(?:it'?s\s+a\s+)?(?:" + _TIE_WORDS + r")[\s\W_]*", re.IGNORECASE)
 _MARKED = [  # in order of trust; the first that finds a verdict decides (two different verdicts: none)
     re.compile(r"\[\[\s*(A|B|tie)\s*\]\]", re.IGNORECASE),  # [[A]], the MT-Bench convention
-    re.compile(r"\b(?:verdict|winner|choice|decision|final answer|better answer)\s*(?:is)?\s*[:=\-]?\s*\**\s*(?:answer\s+)?\(?(A|B|tie)\b",
+    re.compile(r"\b(?:verdict|winner|choice|decision|final answer|(?:better|best|correct) (?:answer|response|one)"
+               r"|(?:answer|response|one) that is (?:better|best))\s*(?:is)?\s*[:=\-]?\s*\**\s*(?:answer\s+)?\(?(A|B|tie)\b",
                re.IGNORECASE),
     re.compile(r"\b(?:answer|response|option)\s+\(?(A|B)\)?\s+is\s+(?:better|preferred|the better)", re.IGNORECASE),
-    re.compile(r"^[\s*_#>\-]*\(?(A|B)\)?(?:\s+is\s+(?:better|preferred)|[.:)]|\s*$)", re.MULTILINE),  # "B. It is shorter" (capitals only)
+    re.compile(r"^[\s*_#>\-]*\(?(A|B)\)?(?:\s+is\s+(?:the\s+)?(?:better|best|preferred)|[.:)]|\s*$)", re.MULTILINE),  # "B. It is shorter" (capitals only)
 ]
 _TIE_PHRASE = re.compile(r"\b(?:it'?s a tie|(?:they are|both are|both answers are) (?:equally good|equal|the same))\b", re.IGNORECASE)
 
@@ -166,8 +167,9 @@ def parse_verdict(text: str | None) -> str | None:
     """'A', 'B' or 'tie' from a judge's reply, or None when it names none (or contradicts itself).
 
     Read: the letter alone ("A", "**B**", "(a)", "Answer: B."), a tie word alone ("tie", "Equal."),
-    "[[A]]", "Verdict: B", "The better answer is A", "Answer A is better", a line opening with a
-    capital A or B and then '.', ':', ')' or "is better" ("B. It is shorter"), "it's a tie". A
+    "[[A]]", "Verdict: B", "The better answer is A", "The correct answer is: B", "The answer that is
+    better is B", "Answer A is better", a line opening with a capital A or B and then '.', ':', ')',
+    "is better" or "is the better answer" ("B. It is shorter"), "it's a tie". A
     capital A that opens a sentence ("A lot of ...") is the article, not a verdict."""
     if not text or not text.strip():
         return None
