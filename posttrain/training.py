@@ -267,7 +267,9 @@ class LoopTrackers:
 class LoopState(Protocol):
     """What a stage with its own training loop checkpoints: it writes and restores all of its state."""
 
-    def save(self, directory: Path) -> None: ...
+    def save(self, directory: Path | None) -> None:
+        """Called on every rank at a checkpoint (a sharded state gathers there); rank 0 gets the directory to
+        write into, the other ranks None."""
 
     def load(self, directory: Path) -> int:
         """Restore from `directory`; return the number of completed steps."""
@@ -306,16 +308,20 @@ def run_own_loop(ctx: StageContext, total_steps: int, state: LoopState, step: Ca
             done += 1
             ctx.progress.update(done, total_steps, line)
             hooks.after_step(ctx.name, done)
-            if stopper.received is not None or (config.save_steps and done % config.save_steps == 0 and done < total_steps):
-                if distributed.is_main():  # the weights are the same on every rank: rank 0 writes and commits them
-                    written = store.scratch / f"step-{done}"
+            # A signal may reach the ranks at different steps: they stop (and checkpoint) together once any has it.
+            stop = any(distributed.gather(stopper.received is not None))
+            if stop or (config.save_steps and done % config.save_steps == 0 and done < total_steps):
+                written = store.scratch / f"step-{done}" if distributed.is_main() else None  # rank 0 writes and commits
+                if written is not None:
                     written.mkdir(parents=True, exist_ok=True)
-                    state.save(written)
+                state.save(written)
+                if written is not None:
                     distributed.record_world(written, distributed.strategy())
                     store.commit(written, done)
                 distributed.barrier()
-            if stopper.received is not None:
-                raise StageInterrupted(f"stage '{ctx.name}' stopped by {signal.Signals(stopper.received).name} at step {done}; "
+            if stop:
+                how = signal.Signals(stopper.received).name if stopper.received is not None else "a signal to another process"
+                raise StageInterrupted(f"stage '{ctx.name}' stopped by {how} at step {done}; "
                                        "checkpoint saved; run the same command again to resume")
     ctx.progress.finish(f"({total_steps} steps)")
 

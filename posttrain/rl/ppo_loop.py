@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain import distributed
-from posttrain.errors import StageError, StageInterrupted
+from posttrain.errors import StageError
 from posttrain.rl import ppo_math as pm
 from posttrain.rl.rollout import Rollout, response_logprobs, sample, token_values
 
@@ -41,43 +41,29 @@ class PPOParts:
     actor: torch.nn.Module | None = None
     critic: torch.nn.Module | None = None
     sharded: bool = False  # FSDP2: each rank holds a shard of every weight and optimizer state
-    gathered: dict | None = None  # FSDP2: the whole state at the step about to be checkpointed (rank 0's; see `gather_for_checkpoint`)
-
-    def gather_for_checkpoint(self, step: int, total: int, save_steps: int) -> None:
-        """FSDP2: when run_own_loop will checkpoint after this step (every `save_steps`, or a SIGINT/SIGTERM received
-        by any rank), every rank joins in gathering the whole weights and optimizer state, which rank 0 keeps: the
-        loop calls `save` on rank 0 alone, and a shard cannot be read from another process there."""
-        if not self.sharded:
-            return
-        due = bool(save_steps) and step % save_steps == 0 and step < total
-        if not (any(distributed.gather(_stop_requested())) or due):
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-        whole = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets full CPU tensors, the others {}
-        self.gathered = {"step": step, "policy": get_model_state_dict(self.policy, options=whole),
-                         "value": get_model_state_dict(self.value, options=whole),
-                         "optimizer": get_optimizer_state_dict(self._models(), self.optimizer, options=whole)}
 
     def _models(self) -> torch.nn.Module:
         # The optimizer's two parameter groups live in two models: one module over both names every parameter.
         return torch.nn.ModuleDict({"policy": self.policy, "value": self.value})
 
-    def save(self, directory: Path) -> None:
-        gathered = self.gathered or {}
-        if self.sharded and gathered.get("step") != len(self.history):
-            # A stop signal that came after this iteration's gather (sent by a hook's after_step, or arriving in between):
-            # the other ranks are already waiting for the commit, so nothing more can be gathered for this iteration.
-            raise StageInterrupted(f"stopped by a signal after iteration {len(self.history)} had passed the point where fsdp2 "
-                                   "gathers its sharded weights for a checkpoint: none written for it; committed checkpoints "
-                                   "are intact: run the same command again to resume from the last one")
-        save_file(_trainable_state(self.policy, gathered.get("policy")), directory / "policy.safetensors")
-        save_file(_trainable_state(self.value, gathered.get("value")), directory / "value.safetensors")
-        torch.save({"optimizer": gathered["optimizer"] if self.sharded else self.optimizer.state_dict(),
+    def save(self, directory: Path | None) -> None:
+        """Every rank calls it (run_own_loop); rank 0, given the directory, writes. Sharded (FSDP2), every rank
+        first joins in gathering the whole weights and optimizer state, which rank 0 receives."""
+        policy, value, optimizer = None, None, None
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+            whole = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets full CPU tensors, the others {}
+            policy, value = get_model_state_dict(self.policy, options=whole), get_model_state_dict(self.value, options=whole)
+            optimizer = get_optimizer_state_dict(self._models(), self.optimizer, options=whole)
+        if directory is None:
+            return
+        save_file(_trainable_state(self.policy, policy), directory / "policy.safetensors")
+        save_file(_trainable_state(self.value, value), directory / "value.safetensors")
+        torch.save({"optimizer": optimizer if self.sharded else self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}, directory / "optimizer_and_rng.pt")
         (directory / "loop_state.json").write_text(json.dumps({"step": len(self.history), "kl_coef": self.kl_controller.value,
                                                                "history": self.history}))
-        self.gathered = None
 
     def load(self, directory: Path) -> int:
         states = torch.load(directory / "optimizer_and_rng.pt", weights_only=True)
@@ -247,11 +233,3 @@ def _trainable_state(model, whole: dict | None = None) -> dict:
     source = whole if whole is not None else dict(model.named_parameters())
     return {name: source[name].detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
-
-def _stop_requested() -> bool:
-    """Whether run_own_loop's SIGINT/SIGTERM handler (training.StopOnSignal, installed around the loop) has fired:
-    the loop then checkpoints after this step."""
-    import signal
-
-    stopper = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
-    return getattr(stopper, "received", None) is not None

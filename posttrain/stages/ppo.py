@@ -137,7 +137,6 @@ class PPOStage(TrainingStage):
             batch = [prompts[i] for i in order[(step - 1) * config.batch_size: step * config.batch_size]][here.rank::here.size]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 stats = ppo_iteration(parts, batch, local, step)
-            parts.gather_for_checkpoint(step, iterations, config.save_steps)  # fsdp2: every rank joins before rank 0 saves
             stats = distributed.mean_of(stats)  # the whole batch's figures: every rank's share, averaged
             parts.history.append({"step": step, **stats})
             tracked.log(step, stats)
