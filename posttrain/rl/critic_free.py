@@ -6,41 +6,27 @@ baseline, so they need no value model: the comparison users want beside PPO.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
 from pydantic import Field
 
-from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig
+from posttrain.rl.judged import RewardJudgedConfig, RewardJudgedStage
+from posttrain.stage import StageContext, StageResult, TrainStageConfig
 
 
-class CriticFreeStageConfig(TrainStageConfig):
+class CriticFreeStageConfig(TrainStageConfig, RewardJudgedConfig):
     trl_fields = {"num_generations": "num_generations", "max_completion_length": "max_new_tokens", "temperature": "temperature", "beta": "beta"}
     held_out_hint = ": its curves are the rewards of its own samples"
 
-    reward_model: str = Field(description="The reward_model stage (or reward model directory) that scores responses.")
-    min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
     num_generations: int = Field(4, ge=2, description="Responses sampled per prompt (the group); batch_size must be a multiple of it.")
     max_new_tokens: int = Field(32, gt=0, description="Response length limit.")
     temperature: float = Field(1.0, gt=0)
     beta: float = Field(0.05, ge=0, description="KL coefficient against the reference (the parent).")
 
 
-class CriticFreeStage(TrainingStage):
+class CriticFreeStage(RewardJudgedStage):
     """Shared by `rloo` and `grpo`: they differ only in the TRL trainer they name."""
 
     Config = CriticFreeStageConfig
     trl_classes: tuple[str, str]  # (trainer, config) class names in `trl`
-
-    @classmethod
-    def inputs(cls, config: CriticFreeStageConfig) -> StageInputs:
-        return replace(super().inputs(config), judge=config.reward_model)
-
-    @classmethod
-    def prepare_data(cls, config: CriticFreeStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
-        from posttrain.data.training_data import prompt_data
-
-        return prompt_data(config, data_files)
 
     def run(self, ctx: StageContext) -> StageResult:
         import trl
@@ -52,11 +38,10 @@ class CriticFreeStage(TrainingStage):
 def train_critic_free(ctx: StageContext, trainer_cls, config_cls) -> StageResult:
     from datasets import Dataset
 
-    from posttrain.reward.scorer import gated_scorer
     from posttrain.training import callbacks, load_trainable_model, peft_config, train_and_save, trainer_config
 
     config: CriticFreeStageConfig = ctx.config
-    scorer = gated_scorer(Path(ctx.inputs.judge.location), config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+    scorer = RewardJudgedStage.scorer(ctx)
 
     def reward_model(prompts, completions, **kwargs) -> list[float]:
         return scorer.score([p + c for p, c in zip(prompts, completions)])

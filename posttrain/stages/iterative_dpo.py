@@ -27,7 +27,8 @@ from pydantic import Field, model_validator
 from posttrain.atomic import atomic_directory, is_committed, write_json_atomic, write_text_atomic
 from posttrain.data.accounting import DataAccounting
 from posttrain.errors import StageError
-from posttrain.stage import PreparedData, Role, StageContext, StageInputs, StageResult, setting_error
+from posttrain.rl.judged import RewardJudgedConfig, RewardJudgedStage
+from posttrain.stage import PreparedData, Role, StageContext, StageResult, setting_error
 from posttrain.stages.dpo import DPOStage, DPOStageConfig
 
 if TYPE_CHECKING:
@@ -36,12 +37,10 @@ if TYPE_CHECKING:
 ROUNDS_DIRNAME = "rounds"
 
 
-class IterativeDPOStageConfig(DPOStageConfig):
+class IterativeDPOStageConfig(DPOStageConfig, RewardJudgedConfig):
     held_out_loss = False
     held_out_hint = ": its curves are the reward and KL of the policy's own answers, round by round"
 
-    reward_model: str = Field(description="The reward_model stage (or reward model directory) that scores the sampled answers.")
-    min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
     rounds: int = Field(3, gt=0, description="Sample-score-train rounds.")
     samples_per_prompt: int = Field(4, ge=2, description="Answers sampled per prompt each round (K); the best and the worst make the pair.")
     prompts_per_round: int | None = Field(None, gt=0, description="Prompts drawn (seeded) each round; None: every prompt every round.")
@@ -61,28 +60,16 @@ class IterativeDPOStageConfig(DPOStageConfig):
         return self
 
 
-class IterativeDPOStage(DPOStage):
+class IterativeDPOStage(RewardJudgedStage, DPOStage):
     kind = "iterative_dpo"
     Config = IterativeDPOStageConfig
 
-    @classmethod
-    def inputs(cls, config: IterativeDPOStageConfig) -> StageInputs:
-        return replace(super().inputs(config), judge=config.reward_model)
-
-    @classmethod
-    def prepare_data(cls, config: IterativeDPOStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
-        from posttrain.data.training_data import prompt_data
-
-        return prompt_data(config, data_files)
-
     def run(self, ctx: StageContext) -> StageResult:
         from posttrain.model_store import ModelRef
-        from posttrain.reward.scorer import gated_scorer
         from posttrain.training import save_stage_model
 
         config: IterativeDPOStageConfig = ctx.config
-        # The gate comes before any sampling: a weak judge makes every pair noise.
-        scorer = gated_scorer(Path(ctx.inputs.judge.location), config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+        scorer = self.scorer(ctx)  # gated before any sampling: a weak judge makes every pair noise
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
         anchor = ctx.store.load_model(ctx.parent).requires_grad_(False)  # the KL of every round is measured from it
         prompts = [e["prompt"] for e in ctx.data.examples]

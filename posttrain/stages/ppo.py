@@ -15,21 +15,18 @@ sharded with torch's fully_shard, on CPUs too (docs/scaling.md).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from posttrain import distributed
-from posttrain.stage import PreparedData, StageContext, StageInputs, StageResult, TrainingStage, TrainStageConfig, setting_error
+from posttrain.rl.judged import RewardJudgedConfig, RewardJudgedStage
+from posttrain.stage import StageContext, StageResult, TrainStageConfig, setting_error
 
 
-class PPOStageConfig(TrainStageConfig):
+class PPOStageConfig(TrainStageConfig, RewardJudgedConfig):
     held_out_hint = ": its curves are the rewards and KL of its own rollouts"
 
-    reward_model: str = Field(description="The reward_model stage (or reward model directory) that scores responses.")
-    min_reward_accuracy: float | None = Field(None, ge=0, le=1, description="Refuse to start when the reward model's held-out accuracy is below this.")
     value_init: Literal["reward_model", "policy"] = Field("reward_model", description="Initialise the critic from the reward model or from the policy (with a fresh head).")
     ppo_epochs: int = Field(2, gt=0, description="Passes over each rollout batch.")
     minibatch_size: int = Field(8, gt=0)
@@ -57,26 +54,15 @@ class PPOStageConfig(TrainStageConfig):
         return self
 
 
-class PPOStage(TrainingStage):
+class PPOStage(RewardJudgedStage):
     kind = "ppo"
     Config = PPOStageConfig
-
-    @classmethod
-    def inputs(cls, config: PPOStageConfig) -> StageInputs:
-        return replace(super().inputs(config), judge=config.reward_model)
-
-    @classmethod
-    def prepare_data(cls, config: PPOStageConfig, data_files: dict[str, Path], seed: int) -> PreparedData:
-        from posttrain.data.training_data import prompt_data
-
-        return prompt_data(config, data_files)
 
     def run(self, ctx: StageContext) -> StageResult:
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import Trainer, TrainingArguments, get_scheduler
 
-        from posttrain.reward.scorer import gated_scorer
         from posttrain.rl.ppo_loop import PPOParts, distribute, ppo_iteration, prompt_order
         from posttrain.rl.ppo_math import AdaptiveKLController
         from posttrain.training import LoopTrackers, load_trainable_model, peft_config, run_own_loop, save_stage_model, trackers, tracker_run_name
@@ -84,8 +70,7 @@ class PPOStage(TrainingStage):
 
         config: PPOStageConfig = ctx.config
         judge = ctx.inputs.judge
-        # The gate comes before any rollout: a weak judge makes PPO optimise noise.
-        scorer = gated_scorer(Path(judge.location), config.min_reward_accuracy, who=f"stage '{ctx.name}'")
+        scorer = self.scorer(ctx)  # gated before any rollout
 
         prompts = [e["prompt"] for e in ctx.data.examples]
         tokenizer = ctx.store.load_tokenizer(ctx.parent)
