@@ -165,6 +165,25 @@ def serve_process(*args: str, timeout: float = 300):
         process.wait(timeout=30)
 
 
+def call_api(url: str, path: str, body=None, token: str | None = None, data: bytes | None = None) -> tuple[int, object]:
+    """One request to `posttrain serve`'s JSON API: (status, the JSON answer or the text)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if body is not None or data is not None:
+        headers["Content-Type"] = "application/json"
+        data = data if data is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            raw, status, kind = response.read(), response.status, response.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        raw, status, kind = e.read(), e.code, e.headers.get("content-type", "")
+    return status, json.loads(raw) if kind.startswith("application/json") else raw.decode()
+
+
 def tiny_recipe(**stages) -> dict:
     """A recipe dict on the embedded model; stages given as name=config, in order."""
     return {"name": "tiny", "base": "builtin:tiny-chat", "seed": 0, "stages": stages}

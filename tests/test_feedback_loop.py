@@ -14,8 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_cli, serve_process
-from test_serve_browser import call  # one HTTP helper for the server's JSON API
+from conftest import call_api, run_cli, serve_process
 
 # Questions people ask the served model, and the answer each of them writes instead of the model's.
 CORRECTIONS = {
@@ -50,12 +49,11 @@ def test_feedback_captured_by_the_server_retrains_only_alignment_and_moves_the_j
     store = tmp_path / "feedback.sqlite"
     judged = {}  # question -> the served model's answer, which the person replaced
     with serve_process(str(round1), "--models", "align", "--port", "0", "--feedback", str(store), "--temperature", "0") as (_, url):
-        served = {"url": url}
         for question, correction in CORRECTIONS.items():
-            status, answer = call(served, "/api/chat", {"model": "align", "messages": [{"role": "user", "content": question}]}, token=None)
+            status, answer = call_api(url, "/api/chat", {"model": "align", "messages": [{"role": "user", "content": question}]})
             assert status == 200, answer
             judged[question] = answer["text"]
-            status, stored = call(served, "/api/feedback", {"kind": "edit", "answer_id": answer["answer_id"], "correction": correction}, token=None)
+            status, stored = call_api(url, "/api/feedback", {"kind": "edit", "answer_id": answer["answer_id"], "correction": correction})
             assert status == 200 and stored["new"], stored
     assert all(judged[q] != c for q, c in CORRECTIONS.items())  # each edit replaced a different answer
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import quick_dpo, quick_sft, run_cli, serve_process, tiny_recipe
+from conftest import call_api, quick_dpo, quick_sft, run_cli, serve_process, tiny_recipe
 from posttrain.feedback.store import FeedbackStore
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]
@@ -39,19 +37,7 @@ def served(tmp_path_factory):
 
 
 def call(served, path: str, body=None, token: str | None = TOKEN, data: bytes | None = None) -> tuple[int, object]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if body is not None or data is not None:
-        headers["Content-Type"] = "application/json"
-        data = data if data is not None else json.dumps(body).encode()
-    request = urllib.request.Request(served["url"].rstrip("/") + path, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            raw = response.read()
-            status = response.status
-            kind = response.headers.get("content-type", "")
-    except urllib.error.HTTPError as e:
-        raw, status, kind = e.read(), e.code, e.headers.get("content-type", "")
-    return status, json.loads(raw) if kind.startswith("application/json") else raw.decode()
+    return call_api(served["url"], path, body, token, data)
 
 
 HELLO = [{"role": "user", "content": "Hello there"}]
