@@ -121,9 +121,9 @@ def _chunk_log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     """log p(target) of one chunk of rows, and the detached figures TRL's DPO logs (entropy, mean logit, arg-max hit)."""
     with torch.autocast(hidden.device.type, enabled=False):
         logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
-    log_probs = -F.cross_entropy(logits, targets, reduction="none")
+    logp_all = torch.log_softmax(logits, dim=-1)  # once: the log-probs and the logged entropy both read it
+    log_probs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        logp_all = torch.log_softmax(logits, dim=-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         mean_logits = logits.mean(-1)
         is_top1 = logits.argmax(-1) == targets
