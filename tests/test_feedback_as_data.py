@@ -143,6 +143,12 @@ def test_a_file_that_is_not_a_store_is_one_clear_line(tmp_path):
     bogus.write_text("not a database")
     with pytest.raises(DataError, match="not a feedback store"):
         load_rows(str(bogus))
+    compressed = tmp_path / "feedback.sqlite.gz"
+    compressed.write_bytes(b"")
+    with pytest.raises(DataError, match="a feedback store is read as it is; decompress it first"):
+        load_rows(str(compressed))
+    with pytest.raises(Exception, match="the list of data sources is empty"):
+        PreferenceStageConfig(kind="dpo", data=[])
 
 
 def test_export_gives_the_same_refusal_pairs_from_the_command_line(store_path, tmp_path):
