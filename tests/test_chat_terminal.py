@@ -118,3 +118,18 @@ def test_a_model_that_cannot_chat_is_one_line(tmp_path, make, message):
 def test_bad_sampling_settings_are_one_line(tmp_path):
     result = run_cli("chat", str(tmp_path), "--top-p", "1.5")
     assert result.returncode == 2 and result.stderr.strip() == "error: top_p must be in (0, 1], got 1.5"
+
+
+def test_a_runs_models_come_parents_first_even_when_they_started_in_the_same_second(tmp_path):
+    """Start times have a second's resolution; the order is the lineage (found flaky in CI: 'align, sft')."""
+    from posttrain.atomic import COMMIT_MARKER
+    from posttrain.feedback.models import run_models
+
+    stages = {"sft": None, "align": "sft", "polish": "align", "rm": "sft"}
+    for name, parent in stages.items():
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / COMMIT_MARKER).write_text("")
+        role = "reward_model" if name == "rm" else "policy"
+        manifest = {"name": name, "role": role, "parent": parent, "fingerprint": name, "started_at": "2026-12-04T16:00:00+00:00"}
+        (tmp_path / name / "stage.json").write_text(json.dumps(manifest))
+    assert [source.name for source in run_models(tmp_path)] == ["sft", "align", "polish"]

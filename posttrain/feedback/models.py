@@ -72,7 +72,7 @@ def find_model(path: Path | str) -> ModelSource:
 
 
 def run_models(run: Path | str, names: list[str] | None = None) -> list[ModelSource]:
-    """The policy stages of a run with committed models (in the order they ran), or the named ones."""
+    """The policy stages of a run with committed models (parents before children), or the named ones."""
     run = Path(run)
     if not run.is_dir():
         raise FeedbackError(f"{run}: no such run directory")
@@ -87,10 +87,10 @@ def run_models(run: Path | str, names: list[str] | None = None) -> list[ModelSou
         if len(set(names)) != len(names):
             raise FeedbackError(f"--models names a stage twice: {', '.join(names)}")
         return [find_model(run / name) for name in names]
-    manifests = sorted(run.glob(f"*/{MANIFEST_FILENAME}"), key=lambda p: str(_manifest(p).get("started_at") or ""))
+    manifests = {path.parent.name: _manifest(path) for path in run.glob(f"*/{MANIFEST_FILENAME}")}
     found = []
-    for path in manifests:
-        manifest = _manifest(path)
+    for name in sorted(manifests, key=lambda name: (_lineage_depth(manifests, name), name)):
+        path, manifest = run / name / MANIFEST_FILENAME, manifests[name]
         if manifest.get("role") == "policy" and (path.parent / MODEL_DIRNAME).is_dir():
             try:
                 found.append(find_model(path.parent))
@@ -99,6 +99,18 @@ def run_models(run: Path | str, names: list[str] | None = None) -> list[ModelSou
     if not found:
         raise FeedbackError(f"{run}: no policy stage with a committed model; run a recipe into it first (posttrain run)")
     return found
+
+
+def _lineage_depth(manifests: dict[str, dict], name: str) -> int:
+    """How many of the run's stages lie above this one: a parent always runs before its child.
+
+    The order is lineage, then name; start times only have a second's resolution, so two short
+    stages could tie and come back in the file system's order."""
+    depth, seen = 0, {name}
+    while (parent := manifests.get(name, {}).get("parent")) in manifests and parent not in seen:
+        depth, name = depth + 1, parent
+        seen.add(parent)
+    return depth
 
 
 def _manifest(path: Path) -> dict:
