@@ -185,6 +185,16 @@ app.add_typer(feedback_cli.app, name="feedback")
 app.add_typer(bench_app)  # its one command, `posttrain bench`, at the top level
 
 
+def _other_rank() -> bool:
+    """A rank other than 0 of a multi-process launch (a RANK that is not a number counts as rank 0)."""
+    from posttrain import distributed
+
+    try:
+        return not distributed.is_main()
+    except PosttrainError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `posttrain ARGV` (default: sys.argv[1:]) and return the exit status.
 
@@ -202,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     except PosttrainError as e:
         if debug:
             raise
+        if e.same_on_every_rank and _other_rank():
+            return e.exit_code  # rank 0 prints this very line
         from posttrain.secrets import redact
 
         print(f"error: {redact(str(e))}", file=sys.stderr)

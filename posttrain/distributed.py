@@ -171,7 +171,7 @@ def on_main(decide: Callable[[], T]) -> T:
 
 def _same_error(message: str, exit_code: int) -> PosttrainError:
     error = PosttrainError(message)
-    error.exit_code = exit_code
+    error.exit_code, error.same_on_every_rank = exit_code, True
     return error
 
 

@@ -14,14 +14,17 @@ class PosttrainError(Exception):
     """A problem the user can fix; the message says what, where and how."""
 
     exit_code = 2
+    # Raised alike on every rank of a multi-process launch (each reads the same recipe and data, or
+    # rank 0's error was broadcast): only rank 0 prints it, so the user reads one line, not one per rank.
+    same_on_every_rank = False
 
 
 class RecipeError(PosttrainError):
-    pass
+    same_on_every_rank = True
 
 
 class DataError(PosttrainError):
-    pass
+    same_on_every_rank = True
 
 
 class StageError(PosttrainError):

@@ -276,6 +276,21 @@ def test_evaluation_split_across_ranks_scores_as_one_process(chat_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["recipe", "data"])
+def test_a_user_error_on_two_processes_is_one_line_from_rank_0(write_recipe, tmp_path, where):
+    """Every rank reads the same recipe and data and fails alike; the user reads the line once, not once per rank."""
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n{"messages": [\n')
+    sft = quick_sft(data=str(data)) if where == "data" else quick_sft(max_step=3)
+    recipe = write_recipe(tiny_recipe(sft=sft))
+    result = torchrun("run", str(recipe), "--output", str(tmp_path / "run"), "--quiet", timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    expected = f"{data}:2: malformed JSON" if where == "data" else "max_step"
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_a_killed_rank_stops_every_rank_and_the_same_command_resumes(write_recipe, tmp_path):
     recipe = write_recipe(tiny_recipe(sft=quick_sft(max_steps=16, save_steps=2, logging_steps=4)))
     out = tmp_path / "run"
