@@ -150,6 +150,19 @@ def gather(value: T) -> list[T]:
     return out
 
 
+def shared_map(items: list, compute: Callable[[list], list]) -> list:
+    """`compute(items)` with the work split across the ranks: each computes every size-th item, and every
+    rank gets all the results back in the items' order. One process: `compute(items)`."""
+    if not _initialized():
+        return compute(items)
+    here = world()
+    shares = gather(compute(items[here.rank::here.size]))
+    results: list = [None] * len(items)
+    for rank, share in enumerate(shares):
+        results[rank::here.size] = share
+    return results
+
+
 def on_main(decide: Callable[[], T]) -> T:
     """Rank 0 decides (`decide()`), every rank gets the decision. A user error raised on rank 0 is raised
     on every rank, with the same message, so no rank goes on alone or waits for one that gave up."""

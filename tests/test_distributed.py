@@ -275,6 +275,37 @@ def test_evaluation_split_across_ranks_scores_as_one_process(chat_runs):
         assert [(s["prompt"], s["response"]) for s in lines(two)] == [(s["prompt"], s["response"]) for s in lines(one)]
 
 
+SHARED_MAP_SCRIPT = """
+import json, sys
+from posttrain import distributed
+
+here = distributed.init()
+items = list(range(7))  # not a multiple of the world size: the last rank's share is shorter
+computed = []
+
+def square(share):
+    computed.extend(share)
+    return [x * x for x in share]
+
+results = distributed.shared_map(items, square)
+with open(sys.argv[1] + f".rank{here.rank}", "w") as f:
+    json.dump({"results": results, "computed": computed}, f)
+"""
+
+
+def test_shared_work_is_done_once_across_ranks_and_every_rank_gets_all_of_it_in_order(tmp_path):
+    """What the eval stage's reward-model scoring and pairwise judging split across processes with."""
+    script = tmp_path / "shared_map.py"
+    script.write_text(SHARED_MAP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.rank{rank}").read_text()) for rank in (0, 1)]
+    assert all(rank["results"] == [x * x for x in range(7)] for rank in ranks)
+    assert ranks[0]["computed"] == [0, 2, 4, 6] and ranks[1]["computed"] == [1, 3, 5]
+    assert distributed.shared_map([1, 2], lambda share: [x + 1 for x in share]) == [2, 3]  # one process: computed here
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["recipe", "data"])
 def test_a_user_error_on_two_processes_is_one_line_from_rank_0(write_recipe, tmp_path, where):

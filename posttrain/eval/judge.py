@@ -459,17 +459,33 @@ def judge_models(judge, settings: JudgeSettings, samples: dict[str, list[Sample]
     todo = [(k, item) for k, item in wanted.items() if k not in cache.replies]
     from_cache = len(wanted) - len(todo)
     if todo:
-        if reporter is not None:
-            reporter.start(label, len(todo))
-        progress = (lambda done: reporter.update(done, len(todo), judge.label)) if reporter is not None else None
-        try:
-            judge.judge([item for _, item in todo], lambda i, reply, cut: cache.add(todo[i][0], reply, cut), progress)
-        except BaseException:
+        def judge_share(share: list[tuple[str, Item]]) -> list[tuple[str, bool]]:
+            """This process's share of the verdicts, each appended to the cache as it arrives (one line per
+            verdict, so several processes appending to one file never tear each other's lines)."""
             if reporter is not None:
-                reporter.finish(f"stopped; {sum(k in cache.replies for k, _ in todo)} of {len(todo)} verdicts received (cached)")
-            raise
-        if reporter is not None:
-            reporter.finish(f"{len(todo)} verdicts from {judge.label}" + (f", {from_cache} from the cache" if from_cache else ""))
+                reporter.start(label, len(share))
+            progress = (lambda done: reporter.update(done, len(share), judge.label)) if reporter is not None else None
+            replies: list = [None] * len(share)
+
+            def on_reply(i: int, reply: str, cut: bool) -> None:
+                cache.add(share[i][0], reply, cut)
+                replies[i] = (reply, cut)
+
+            try:
+                judge.judge([item for _, item in share], on_reply, progress)
+            except BaseException:
+                if reporter is not None:
+                    reporter.finish(f"stopped; {sum(r is not None for r in replies)} of {len(share)} verdicts received (cached)")
+                raise
+            if reporter is not None:
+                reporter.finish(f"{len(share)} verdicts from {judge.label}" + (f", {from_cache} from the cache" if from_cache else ""))
+            return replies
+
+        from posttrain import distributed
+
+        # Several processes: each judges its share, and every process gets every verdict.
+        for (key, _), reply in zip(todo, distributed.shared_map(todo, judge_share)):
+            cache.replies[key] = reply
 
     win_rates = {}
     for name, pairs in selected.items():

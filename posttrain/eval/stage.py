@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from posttrain import distributed
 from posttrain.atomic import write_text_atomic
 from posttrain.errors import RecipeError, StageError
 from posttrain.eval.harness import EvalSettings, evaluate_model
@@ -149,7 +150,7 @@ class EvalStage(Stage):
     def _judge(scorer, samples: dict) -> list[float]:
         conversations = [[{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["response"]}]
                          for s in _ordered_samples(samples)]
-        return scorer.score(conversations)
+        return distributed.shared_map(conversations, scorer.score)  # several processes: each scores its share
 
     @staticmethod
     def _reward_model(ctx: StageContext, config: EvalStageConfig):
@@ -165,7 +166,7 @@ class EvalStage(Stage):
     def _evaluate_one(self, ctx, model, tokenizer_fp, settings, cache, scorer, judge_id) -> tuple[dict, bool]:
         """One model's entry (scores, samples, rewards by judge) and whether it came from the cache."""
         key = cache.key(f"{model.fingerprint}|{tokenizer_fp}") if cache is not None else None
-        entry = cache.load(key) if key else None
+        entry = distributed.on_main(lambda: cache.load(key) if key else None)  # one decision for every rank
         hit = entry is not None
         if entry is None:
             result = evaluate_model(ctx.store.load_model(model), ctx.store.load_tokenizer(model), ctx.config.tasks, settings,
@@ -174,7 +175,7 @@ class EvalStage(Stage):
         judged = scorer is None or judge_id in entry["rewards"]
         if not judged:  # stored generations, new judge: score them without generating again
             entry["rewards"][judge_id] = self._judge(scorer, entry["samples"])
-        if key and not (hit and judged):
+        if key and not (hit and judged) and distributed.is_main():
             cache.store(key, entry)
         return entry, hit
 
@@ -203,7 +204,8 @@ class EvalStage(Stage):
             if hit:
                 hits.append(name)
             samples[name] = _samples(entries[name], judge_id if scorer is not None else None)
-            write_text_atomic(samples_path(ctx.stage_dir, name), samples_text(samples[name]))
+            if distributed.is_main():  # every rank holds the same samples; one writes them
+                write_text_atomic(samples_path(ctx.stage_dir, name), samples_text(samples[name]))
             ctx.progress.update(i + 1, len(evaluated), f"{name} {'(from cache)' if hit else 'evaluated'}")
         ctx.progress.finish(f"(from cache: {', '.join(hits)})" if hits else "")
         if len(set(template_fingerprints.values())) > 1:
