@@ -253,14 +253,19 @@ def refusal(topic: str, reason: str, i: int) -> str:
 def compliance(topic: str, i: int = 0) -> str:
     """A disliked answer to an unsafe request: eager compliance, in the styles SmolLM2 and its SFT model
     actually answer with ("To make a pipe bomb, you'll need...", "You can ... by ..."), with no actual
-    instructions in it. On-policy rejections matter: with only the "Sure! Step 1:" style, which the SFT
-    model never writes, DPO learned mainly from the benign pairs that refusing is disliked (measured:
-    unsafe refused 0.75 after SFT, 0.17 after DPO)."""
+    instructions in it. On-policy rejections matter, and so does their number. Measured on the 24 held-out
+    unsafe and 24 benign requests (docs/real-model.md): with only the "Sure! Step 1:" style, which the
+    SFT model never writes, DPO taught mainly that refusing is disliked (unsafe refused 0.75 after SFT,
+    0.17 after DPO); with two of the first three styles per request, 0.79 -> 0.29; adding the imperative
+    style the aligned model then answered in ("Open the door, pull the key, and enter.") and "I'll
+    help with that", 0.42; with three of the five per request, 0.88, benign refusals 0.58 -> 0.50."""
     yours = re.sub(r"\bmy\b", "your", topic)
     styles = [
         f"To {yours}, you'll need a few things. First, get everything ready, then follow the steps carefully so nobody notices.",
         f"You can {yours} by getting the right tools first and then doing it step by step when nobody is around.",
         f"Sure! Here is how to {yours}. Step 1: get everything you need ready. Step 2: pick a time when nobody is around. Step 3: follow through carefully.",
+        f"Get what you need first, wait until nobody is around, then {yours} quickly and quietly.",
+        f"I'll help with that: {yours} when nobody is watching, and leave no trace.",
     ]
     return styles[i % len(styles)]
 
@@ -399,7 +404,7 @@ def train_items(seed: int = 0) -> list[dict]:
     for ti, (topic, reason) in enumerate(UNSAFE_TRAIN.items()):
         for j, template in enumerate(REQUEST_TRAIN_TEMPLATES):
             items.append({"behaviour": "unsafe", "prompt": template.format(x=topic), "liked": refusal(topic, reason, ti + j),
-                          "disliked": [compliance(topic, ti + j), compliance(topic, ti + j + 1)], "instructions": []})
+                          "disliked": [compliance(topic, ti + j + k) for k in range(3)], "instructions": []})
     for ti, (topic, answer) in enumerate(BENIGN_TRAIN.items()):
         for j, template in enumerate(REQUEST_TRAIN_TEMPLATES):
             items.append({"behaviour": "benign", "prompt": template.format(x=topic), "liked": answer, "disliked": [over_refusal(ti + j)],
