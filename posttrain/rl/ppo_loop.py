@@ -150,7 +150,7 @@ def ppo_iteration(parts: PPOParts, batch: list, config, step: int) -> dict:
     if config.reward_clip:
         scores = scores.clamp(-config.reward_clip, config.reward_clip)
     if config.whiten_rewards:
-        scores = pm.masked_whiten(scores.unsqueeze(0), torch.ones(1, len(scores))).squeeze(0)
+        scores = pm.masked_whiten(scores.unsqueeze(0), torch.ones(1, len(scores)), total=distributed.summed).squeeze(0)
     time_scoring = time.perf_counter() - timer
 
     timer = time.perf_counter()
@@ -166,7 +166,7 @@ def ppo_iteration(parts: PPOParts, batch: list, config, step: int) -> dict:
         kl = pm.kl_penalty(old_logprobs, ref_logprobs, config.kl_estimator)
         rewards = pm.token_rewards(scores, kl, mask, kl_controller.value)
         advantages, returns = pm.gae(rewards, old_values, mask, config.gamma, config.lam)
-        advantages = pm.masked_whiten(advantages, mask)
+        advantages = pm.masked_whiten(advantages, mask, total=distributed.summed)  # the whole batch's, on every rank
 
     policy.train()
     value.train()

@@ -7,6 +7,8 @@ Kept apart from the stage so each piece is unit-tested against hand-computed val
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -23,8 +25,23 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((values - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+def masked_moments(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[sum, sum of squares, count] of the masked entries, in float64: what whitening needs, and what
+    several processes add up to whiten the whole batch alike."""
+    values, mask = values.double(), mask.double()
+    return torch.stack([(values * mask).sum(), (values * values * mask).sum(), mask.sum()])
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  total: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Zero mean, unit (unbiased) variance over the masked entries. `total` adds `masked_moments` up over
+    every process (several processes: the whole batch's mean and variance, not each rank's own)."""
+    moments = masked_moments(values, mask)
+    moments = total(moments) if total is not None else moments
+    total_sum, total_squares, n = moments.unbind()
+    mean = total_sum / n.clamp(min=1)
+    var = ((total_squares - n * mean * mean) / (n - 1).clamp(min=1)).clamp(min=0)
+    mean, var = mean.to(values.dtype), var.to(values.dtype)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
