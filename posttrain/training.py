@@ -181,8 +181,22 @@ def callbacks(ctx: StageContext) -> list[TrainerCallback]:
     return [TrainerProgressCallback(ctx.progress, ctx.name), NonFiniteGuard(config.on_nonfinite, config.max_skipped_steps)]
 
 
+def remember_installed_packages() -> None:
+    """accelerate (1.16) reads a package's metadata from disk each time it asks whether peft, deepspeed or
+    lomo is installed, and it asks on every training step: 1,200 reads and 1.3 s of a 300-step SFT's 13 s on
+    the embedded model. What is installed does not change during a run, so each answer is kept (patched in
+    accelerate's module rather than worked around per call site)."""
+    import functools
+
+    from accelerate.utils import imports
+
+    if not hasattr(imports._is_package_available, "cache_info"):
+        imports._is_package_available = functools.cache(imports._is_package_available)
+
+
 def train(trainer, ctx: StageContext) -> list[dict]:
     """Train, resuming from the stage's last committed checkpoint; return the log history."""
+    remember_installed_packages()
     config: TrainStageConfig = ctx.config
     store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
     resume = _prepare_checkpoints(store, ctx)
