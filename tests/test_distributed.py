@@ -382,6 +382,23 @@ def test_ppo_on_two_processes_raises_its_reward(write_recipe, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rloo", "grpo"])
+def test_trls_critic_free_trainers_run_on_two_processes(write_recipe, tmp_path, kind):
+    """RLOO and GRPO are TRL's trainers under accelerate's DDP: each rank samples its share of the groups."""
+    rm = {"kind": "reward_model", "data": "builtin:assistant_world/feedback", "max_steps": 6, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2}
+    policy = {"kind": kind, "from": "sft", "data": "builtin:assistant_world/feedback", "reward_model": "rm", "max_steps": 3,
+              "batch_size": 8, "num_generations": 4, "max_new_tokens": 8, "logging_steps": 1, "learning_rate": 1e-4}
+    out = tmp_path / "run"
+    result = torchrun("run", str(write_recipe(tiny_recipe(sft=quick_sft(max_steps=6), rm=rm, policy=policy))), "--output", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr[-5000:]
+    stage = manifest(out, "policy")
+    assert (stage["status"], stage["world_size"], stage["strategy"]) == ("completed", 2, "ddp")
+    rewards = stage["curves"]["rewards/reward_model/mean"]
+    assert [step for step, _ in rewards] == [1, 2, 3] and all(abs(value) < 100 for _, value in rewards)
+    assert len(stage["memory"]["per_rank"]) == 2 and (out / "policy" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_ppo_under_fsdp2_on_two_processes_trains_as_under_ddp_and_resumes(write_recipe, tmp_path):
     # The Trainer stages cannot shard on CPUs (accelerate), so sft and rm run first in this process and PPO starts from
     # their models on two processes: under fsdp2 (killed after iteration 5, resumed from the step-4 checkpoint), then
