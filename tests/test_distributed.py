@@ -434,6 +434,9 @@ def test_ppo_under_fsdp2_on_two_processes_trains_as_under_ddp_and_resumes(write_
     assert abs(sharded["metrics"]["kl_first"]) < 1e-6  # the reference (sharded too) is the parent: no KL at the first rollout
     for key, curve in sharded["curves"].items():
         if not key.startswith("time_"):
-            assert max(abs(a - b) for (_, a), (_, b) in zip(curve, replicated["curves"][key])) < 1e-4, (key, curve, replicated["curves"][key])
+            # A clip fraction counts tokens: a value that differs by 1e-7 across the clip boundary moves it by one
+            # token's share (measured: value_clip_fraction 1/144 at one iteration, every other curve within 1.2e-5).
+            tolerance = 0.01 if key.endswith("clip_fraction") else 1e-4
+            assert max(abs(a - b) for (_, a), (_, b) in zip(curve, replicated["curves"][key])) < tolerance, (key, curve, replicated["curves"][key])
     assert max_weight_difference(fsdp2 / "ppo", ddp / "ppo") < 1e-4  # the final model, gathered and saved whole by rank 0
     assert not (fsdp2 / "ppo" / "checkpoints").exists()
