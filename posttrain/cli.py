@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except typer.TyperException as e:  # typer's copy of click's usage errors, and its own
         return _show_usage_error(e)
+    finally:
+        from posttrain import distributed
+
+        distributed.leave()
     # typer returns the status of an explicit exit (--help, --version: 0; Ctrl-C outside a
     # stage: 130) and the command's return value (None) otherwise.
     return status if isinstance(status, int) else 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -119,6 +120,16 @@ def init() -> World:
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=collective_timeout()))
     return here
+
+
+def leave() -> None:
+    """Leave the process group, if this process joined one. Left to the interpreter's exit, torch tears
+    gloo down while its threads may still run, and a rank that finished first aborted ("terminate called
+    without an active exception", seen once in CI). Local: no collective, so a rank whose peer died leaves too."""
+    if "torch.distributed" in sys.modules and _initialized():  # never import torch just to find out
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
