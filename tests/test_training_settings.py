@@ -274,3 +274,25 @@ def test_tensorboard_gets_the_loss_curves_in_the_stage_directory(write_recipe, t
     assert [e.step for e in accumulator.Scalars("train/loss")] == [2, 4]
     logged = {s: v for s, v in _manifest(out, "sft")["curves"]["loss"]}
     assert [round(e.value, 5) for e in accumulator.Scalars("train/loss")] == [round(logged[2], 5), round(logged[4], 5)]
+
+
+def test_accelerates_package_checks_are_answered_once_with_the_same_answers(monkeypatch):
+    """accelerate asks whether peft is installed on every training step; after `remember_installed_packages`
+    the answer is the one it gave before and the package's metadata is read once, not once per step."""
+    import torch
+    from accelerate.utils import imports
+    from accelerate.utils.modeling import is_peft_model
+
+    from posttrain.training import remember_installed_packages
+
+    # Start from accelerate's own function (an in-process run earlier in the session may have wrapped it); restored after.
+    plain = getattr(imports._is_package_available, "__wrapped__", imports._is_package_available)
+    monkeypatch.setattr(imports, "_is_package_available", plain)
+    before = {name: imports._is_package_available(name) for name in ("peft", "deepspeed", "lomo_optim")}
+    remember_installed_packages()
+    remember_installed_packages()  # a second stage: not wrapped twice
+    assert {name: imports._is_package_available(name) for name in before} == before
+    for _ in range(50):
+        is_peft_model(torch.nn.Linear(1, 1))
+    assert imports._is_package_available.cache_info().misses == len(before)
+    assert not hasattr(imports._is_package_available.__wrapped__, "cache_info")

@@ -149,12 +149,12 @@ def prepare_data(workload: str, world: str, work_dir: Path, seed: int = 0, promp
 
 
 def reward_model_train_pairs(data_file: Path, seed: int) -> list[dict]:
-    """The pairs the reward_model stage trains on: its prepared data, less the prompts it holds out (as `RewardModelStage.split` splits them)."""
-    from posttrain.data.filters import split_by_conversation
+    """The pairs the reward_model stage trains on: its prepared data, less the prompts it holds out (its own `split`)."""
     from posttrain.reward.stage import RewardModelStage
 
     config = RewardModelStage.Config(kind=RewardModelStage.kind, data=str(data_file))
-    train, _ = split_by_conversation(RewardModelStage.prepare_data(config, {}, seed).examples, config.held_out_share, seed)
+    data = RewardModelStage.prepare_data(config, {}, seed)
+    train, _ = RewardModelStage.split(data.examples, config, seed, data.accounting.source)
     return train
 
 

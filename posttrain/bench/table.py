@@ -36,11 +36,9 @@ def _training_section(workload: str, runs: list[Run], result: BenchResult) -> li
     lines += ["", "| posttrain vs | tokens/s ratio (min / median / max) | tokens per CPU-second ratio (min / median / max) | "
                   "final loss difference | peak RSS ratio |", "|---|---|---|---:|---:|"]
     for side, pairs in _pairs(runs, sides):
-        speed = ratio_summary([a.tokens_per_second / b.tokens_per_second for a, b in pairs])
-        work = ratio_summary([a.tokens_per_cpu_second / b.tokens_per_cpu_second for a, b in pairs])
+        speed, work, rss = _ratios(pairs)
         loss = statistics.median([(a.final_loss - b.final_loss) / b.final_loss for a, b in pairs])
-        rss = statistics.median([a.peak_rss_mb / b.peak_rss_mb for a, b in pairs])
-        lines.append(f"| {side} | {_spread(speed)} | {_spread(work)} | {loss:+.1%} | {rss:.2f} |")
+        lines.append(f"| {side} | {speed} | {work} | {loss:+.1%} | {rss:.2f} |")
     return lines + [""]
 
 
@@ -61,10 +59,8 @@ def _eval_section(workload: str, runs: list[Run], result: BenchResult) -> list[s
     lines += ["", "| posttrain vs | generated tokens/s ratio (min / median / max) | tokens per CPU-second ratio (min / median / max) | "
                   "peak RSS ratio |", "|---|---|---|---:|"]
     for side, pairs in _pairs(runs, sides):
-        speed = ratio_summary([a.tokens_per_second / b.tokens_per_second for a, b in pairs])
-        work = ratio_summary([a.tokens_per_cpu_second / b.tokens_per_cpu_second for a, b in pairs])
-        rss = statistics.median([a.peak_rss_mb / b.peak_rss_mb for a, b in pairs])
-        lines.append(f"| {side} | {_spread(speed)} | {_spread(work)} | {rss:.2f} |")
+        speed, work, rss = _ratios(pairs)
+        lines.append(f"| {side} | {speed} | {work} | {rss:.2f} |")
     return lines + [""]
 
 
@@ -111,6 +107,14 @@ def _pairs(runs: list[Run], sides: list[str]) -> list[tuple[str, list[tuple[Run,
     """For each baseline: (side, [(posttrain's run, the side's run) of the same repetition])."""
     ours = {r.repetition: r for r in runs if r.side == "posttrain"}
     return [(side, [(ours[r.repetition], r) for r in runs if r.side == side and r.repetition in ours]) for side in sides if side != "posttrain"]
+
+
+def _ratios(pairs: list[tuple[Run, Run]]) -> tuple[str, str, float]:
+    """posttrain against one baseline: tokens/s and tokens per CPU-second ratios (min / median / max, each within a
+    repetition), and the median peak RSS ratio."""
+    speed = ratio_summary([a.tokens_per_second / b.tokens_per_second for a, b in pairs])
+    work = ratio_summary([a.tokens_per_cpu_second / b.tokens_per_cpu_second for a, b in pairs])
+    return _spread(speed), _spread(work), statistics.median([a.peak_rss_mb / b.peak_rss_mb for a, b in pairs])
 
 
 def _median(runs: list[Run], value) -> float:

@@ -31,17 +31,18 @@ class RewardModelStage(PreferenceStage):
     role = Role.REWARD
 
     @staticmethod
-    def split(ctx: StageContext) -> tuple[list[dict], list[dict]]:
-        """The pairs split by prompt into (train, held out)."""
+    def split(pairs: list[dict], config: RewardModelStageConfig, seed: int, source: str) -> tuple[list[dict], list[dict]]:
+        """The pairs split by prompt into (train, held out): what the stage trains on and what it measures with."""
         from posttrain.errors import DataError
 
-        config: RewardModelStageConfig = ctx.config
-        pairs = ctx.data.examples
-        train_pairs, held_out = split_by_conversation(pairs, config.held_out_share, ctx.seed)
+        train_pairs, held_out = split_by_conversation(pairs, config.held_out_share, seed)
         if not train_pairs or not held_out:
-            raise DataError(f"{ctx.data.accounting.source}: {len(pairs)} pairs are too few to split into train and held-out by prompt "
+            raise DataError(f"{source}: {len(pairs)} pairs are too few to split into train and held-out by prompt "
                             f"(held_out_share={config.held_out_share})")
         return train_pairs, held_out
+
+    def _split(self, ctx: StageContext) -> tuple[list[dict], list[dict]]:
+        return self.split(ctx.data.examples, ctx.config, ctx.seed, ctx.data.accounting.source)
 
     def build_trainer(self, ctx: StageContext, train_pairs: list[dict] | None = None):
         """The stage's RewardTrainer on the train pairs, ready to train (`posttrain bench` times exactly this trainer)."""
@@ -53,7 +54,7 @@ class RewardModelStage(PreferenceStage):
 
         config: RewardModelStageConfig = ctx.config
         if train_pairs is None:
-            train_pairs, _ = self.split(ctx)
+            train_pairs, _ = self._split(ctx)
         lora = None
         if config.lora:
             lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
@@ -73,7 +74,7 @@ class RewardModelStage(PreferenceStage):
         from posttrain.reward.scorer import RewardScorer
         from posttrain.training import curves_from_log, final_metrics, precision_used, save_stage_model, train
 
-        train_pairs, held_out = self.split(ctx)
+        train_pairs, held_out = self._split(ctx)
         trainer = self.build_trainer(ctx, train_pairs)
         history = train(trainer, ctx)
         model_dir = save_stage_model(ctx, trainer.model, trainer.processing_class, head="reward")
