@@ -21,6 +21,7 @@ from peft import LoraConfig
 from transformers import PrinterCallback, TrainerCallback
 
 from posttrain import distributed, hooks
+from posttrain.adapter_precision import add_adapter_updates_in_float32
 from posttrain.checkpoints import CheckpointStore
 from posttrain.errors import StageError, StageInterrupted
 from posttrain.progress import TrainerProgressCallback
@@ -197,6 +198,8 @@ def remember_installed_packages() -> None:
 def train(trainer, ctx: StageContext) -> list[dict]:
     """Train, resuming from the stage's last committed checkpoint; return the log history."""
     remember_installed_packages()
+    if trainer.args.bf16 or trainer.args.fp16:
+        add_adapter_updates_in_float32(trainer.model)
     config: TrainStageConfig = ctx.config
     store = CheckpointStore(ctx.stage_dir, ctx.fingerprint, keep=config.keep_checkpoints)
     resume = _prepare_checkpoints(store, ctx)

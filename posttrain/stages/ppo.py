@@ -63,6 +63,7 @@ class PPOStage(RewardJudgedStage):
         from peft import LoraConfig, get_peft_model
         from transformers import Trainer, TrainingArguments, get_scheduler
 
+        from posttrain.adapter_precision import add_adapter_updates_in_float32
         from posttrain.rl.ppo_loop import PPOParts, distribute, ppo_iteration, prompt_order
         from posttrain.rl.ppo_math import AdaptiveKLController
         from posttrain.training import LoopTrackers, load_trainable_model, peft_config, run_own_loop, save_stage_model, trackers, tracker_run_name
@@ -89,6 +90,9 @@ class PPOStage(RewardJudgedStage):
         # The loop runs where the models were loaded: the CPU. Its advantage and ratio math reads the models'
         # outputs directly, so `auto` keeps fp32 here; bf16, asked for, runs each iteration under autocast.
         precision = "fp32" if config.precision == "auto" else resolve_precision(config.precision, "cpu")
+        if precision == "bf16" and config.lora:
+            for model in (policy, value):
+                add_adapter_updates_in_float32(model)
         if config.gradient_checkpointing:
             for model in (policy, value):
                 model.activation_checkpointing_enable()
