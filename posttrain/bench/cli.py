@@ -25,7 +25,9 @@ def bench(
     workload: Annotated[Optional[list[str]], typer.Option("--workload", "-w", help=f"{', '.join(WORKLOADS)} (repeatable or comma-separated; default sft).")] = None,
     baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", help="trl-fp32 (the plain TRL script with bf16=False), trl (TRL's defaults), "
                                                                                     "lm-eval (lm-eval's HF path: eval), posttrain-trl-loss (posttrain with "
-                                                                                    "completion_head: false: sft, dpo); repeatable or comma-separated; each "
+                                                                                    "completion_head: false: sft, dpo), posttrain-checkpointing (gradient_checkpointing: "
+                                                                                    "true: sft, dpo, rm), posttrain-fp32 (precision: fp32: sft, dpo, rm); "
+                                                                                    "repeatable or comma-separated; each "
                                                                                     "applies to the workloads it fits, the others keep theirs. Default: "
                                                                                     "trl-fp32 and trl (sft, dpo, rm), lm-eval (eval), none (ppo).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps per run (ppo: iterations).")] = 20,

