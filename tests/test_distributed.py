@@ -275,6 +275,38 @@ def test_evaluation_split_across_ranks_scores_as_one_process(chat_runs):
         assert [(s["prompt"], s["response"]) for s in lines(two)] == [(s["prompt"], s["response"]) for s in lines(one)]
 
 
+@pytest.mark.slow
+def test_pairwise_judging_split_across_ranks_judges_every_pair_once_as_one_process(write_recipe, tmp_path):
+    # The eval stage's pairwise judge (here the sft model, judging sft against base on 8 prompts in both orders) on
+    # two processes: each rank asks the judge about its share of the 16 (prompt, A, B) triples, rank 0 writes the
+    # cache. The same sft model (the one-process run's directory, less its eval stage and caches) must get the same
+    # replies, each asked once, and the same verdicts.
+    import shutil
+
+    from test_eval_judge import LIMIT, _recipe
+
+    recipe = write_recipe(_recipe({"model": "sft", "max_new_tokens": 8}), "judged.yaml")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_cli("run", str(recipe), "--output", str(one), "--quiet")
+    assert single.returncode == 0, single.stderr[-3000:]
+    shutil.copytree(one, two)
+    shutil.rmtree(two / "eval")
+    double = torchrun("run", str(recipe), "--output", str(two), "--quiet")
+    assert double.returncode == 0, double.stderr[-5000:]
+    assert manifest(two, "sft")["world_size"] == 1 and manifest(two, "eval")["world_size"] == 2
+
+    def judged(run: Path) -> tuple[dict, list[dict]]:
+        (cache,) = (run / "eval" / "judge_cache").glob("*.jsonl")
+        return manifest(run, "eval")["evaluation"]["pairwise_judge"], [json.loads(line) for line in cache.read_text().splitlines()]
+
+    (single_judge, single_cache), (double_judge, double_cache) = judged(one), judged(two)
+    assert double_judge["cache"] == single_judge["cache"] == {"judged": 2 * LIMIT, "from_cache": 0}
+    assert double_judge["win_rates"] == single_judge["win_rates"]
+    key = lambda entry: json.dumps({k: v for k, v in entry.items() if k != "reply"}, sort_keys=True)  # noqa: E731
+    assert len({key(e) for e in double_cache}) == len(double_cache) == 2 * LIMIT  # every pair asked once, by one rank
+    assert sorted((key(e), e["reply"]) for e in double_cache) == sorted((key(e), e["reply"]) for e in single_cache)
+
+
 SHARED_MAP_SCRIPT = """
 import json, sys
 from posttrain import distributed

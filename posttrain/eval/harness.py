@@ -83,9 +83,12 @@ def _evaluate_model(model, tokenizer, task_names: list[str], settings: EvalSetti
     if here.distributed:
         # lm-eval's own data parallelism: each rank generates for its share of the documents and rank 0 gathers
         # them. HFLM switches it off for a model object; every rank holds the same model, so it is switched back on.
+        # cpu=True on CPUs: without it, in a process where no Trainer has set accelerate's state up (every training
+        # stage cached, or an eval-only recipe), accelerate sees no GPU and no distributed type, its gather returns
+        # the rank's own tensor, and lm-eval's padding count fails ("'int' object is not iterable").
         from accelerate import Accelerator
 
-        lm._rank, lm._world_size, lm.accelerator = here.rank, here.size, Accelerator()
+        lm._rank, lm._world_size, lm.accelerator = here.rank, here.size, Accelerator(cpu=model.device.type == "cpu")
     only_local = all(name in local for name in task_names)
     output = lm_eval.simple_evaluate(
         model=lm,
