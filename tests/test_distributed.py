@@ -307,6 +307,43 @@ def test_pairwise_judging_split_across_ranks_judges_every_pair_once_as_one_proce
     assert sorted((key(e), e["reply"]) for e in double_cache) == sorted((key(e), e["reply"]) for e in single_cache)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_train_as_one_process_with_the_whole_batch(write_recipe, tmp_path):
+    # Several nodes, as docs/scaling.md launches them: one torchrun per node, static rendezvous at node 0's address.
+    # Here two "nodes" on localhost, one process each, so both have LOCAL_RANK 0 and only RANK tells rank 0 apart:
+    # one rank holds the lock and writes, and the run trains as one process with the whole batch.
+    def recipe(batch: int) -> Path:
+        return write_recipe(tiny_recipe(sft=quick_sft(max_steps=4, batch_size=batch, logging_steps=1, save_steps=0, precision="fp32")),
+                            name=f"sft-{batch}.yaml")
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_cli("run", str(recipe(16)), "--output", str(one), "--quiet")
+    assert single.returncode == 0, single.stderr[-3000:]
+    port, path = free_port(), recipe(8)
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "posttrain", "run", str(path), "--output", str(two), "--quiet"],
+                              cwd=REPO, env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for node in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert [output.count("run directory:") for output in outputs] == [1, 0]  # node 0's rank 0 speaks for the run
+    several = manifest(two, "sft")
+    assert (several["world_size"], several["strategy"], several["status"]) == (2, "ddp", "completed")
+    single_loss, several_loss = manifest(one, "sft")["curves"]["loss"], several["curves"]["loss"]
+    assert len(single_loss) == len(several_loss) == 4
+    assert max(abs(a - b) for (_, a), (_, b) in zip(single_loss, several_loss)) < 1e-4, (single_loss, several_loss)
+    assert max_weight_difference(one / "sft", two / "sft") < 1e-4
+
+
 SHARED_MAP_SCRIPT = """
 import json, sys
 from posttrain import distributed
