@@ -85,7 +85,7 @@ def sft_trainer_class():
             return (model.training and not return_outputs and self.compute_loss_func is None and self.label_smoother is None
                     and self.args.loss_type == "nll" and not self.aux_loss_enabled and "labels" in inputs
                     and self.accelerator.num_processes == 1 and self.accelerator.unwrap_model(model) is model
-                    and not _prompt_learning(model) and supports(_causal_lm(model)))
+                    and not _compiled(model) and not _prompt_learning(model) and supports(_causal_lm(model)))
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self._uses_completion_loss(model, inputs, return_outputs):
@@ -107,6 +107,12 @@ def _causal_lm(model):
     from accelerate.utils import is_peft_model
 
     return model.get_base_model() if is_peft_model(model) else model
+
+
+def _compiled(model) -> bool:
+    """A torch.compile'd model (`trainer_args: {torch_compile: true}`): the completion head calls the backbone
+    past the model's own forward, which would bypass the compiled graph, so such a model keeps TRL's path."""
+    return hasattr(model, "_orig_mod")
 
 
 def _prompt_learning(model) -> bool:

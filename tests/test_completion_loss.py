@@ -145,6 +145,31 @@ def test_the_sft_stages_trainer_computes_trls_loss(tmp_path, precision):
     assert trainer._metrics["train"]["mean_token_accuracy"]  # logged by both paths
 
 
+def test_a_compiled_model_keeps_trls_loss_path(tmp_path):
+    """`trainer_args: {torch_compile: true}`: the completion head would call the backbone past the compiled graph
+    (and crashed on the compiled wrapper), so a torch.compile'd model trains through TRL's own loss."""
+    from trl import SFTTrainer
+
+    from posttrain.model_store import ModelStore
+    from posttrain.progress import ProgressReporter
+    from posttrain.stage import BASE, ResolvedInputs, StageContext
+    from posttrain.stages.sft import SFTStage
+
+    config = SFTStage.Config(kind="sft", data="builtin:assistant_world/sft", lora={"r": 4}, max_steps=1, batch_size=4,
+                             max_length=64, precision="fp32", save_steps=0)
+    store = ModelStore(tmp_path, base="builtin:tiny-chat")
+    ctx = StageContext(name="sft", config=config, stage_dir=tmp_path / "sft", store=store, progress=ProgressReporter(quiet=True),
+                       inputs=ResolvedInputs(parent=store.resolve(BASE)), data=SFTStage.prepare_data(config, {}, 0))
+    trainer = SFTStage().build_trainer(ctx)
+    model = trainer.model.train()
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    compiled = torch.compile(model, backend="eager")
+    assert trainer._uses_completion_loss(model, inputs, False) and not trainer._uses_completion_loss(compiled, inputs, False)
+    ours = trainer.compute_loss(compiled, dict(inputs))
+    trls = SFTTrainer.compute_loss(trainer, model, dict(inputs))
+    assert ours.item() == pytest.approx(trls.item(), rel=LOSS_RTOL)
+
+
 # ---- DPO: per-token log-probs on completion tokens only ----------------------------------------------------------
 
 def _trl_fused(module):
