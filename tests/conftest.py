@@ -194,6 +194,21 @@ def quick_sft(**overrides) -> dict:
             "learning_rate": 1e-3, "logging_steps": 2, **overrides}
 
 
+def sft_stage_context(tmp_path: Path, precision: str = "fp32"):
+    """The sft stage's context on the embedded base, as the pipeline hands it over: LoRA r=4, one step of 4
+    examples of at most 64 tokens, no checkpoints; for tests that build (and train) the stage's own trainer."""
+    from posttrain.model_store import ModelStore
+    from posttrain.progress import ProgressReporter
+    from posttrain.stage import BASE, ResolvedInputs, StageContext
+    from posttrain.stages.sft import SFTStage
+
+    config = SFTStage.Config(kind="sft", data="builtin:assistant_world/sft", lora={"r": 4}, max_steps=1, batch_size=4,
+                             max_length=64, precision=precision, save_steps=0)
+    store = ModelStore(tmp_path, base="builtin:tiny-chat")
+    return StageContext(name="sft", config=config, stage_dir=tmp_path / "sft", store=store, progress=ProgressReporter(quiet=True),
+                        inputs=ResolvedInputs(parent=store.resolve(BASE)), data=SFTStage.prepare_data(config, {}, 0))
+
+
 def quick_dpo(**overrides) -> dict:
     return {"kind": "dpo", "data": "builtin:assistant_world/feedback", "max_steps": 3, "batch_size": 8,
             "learning_rate": 1e-4, "logging_steps": 1, **overrides}

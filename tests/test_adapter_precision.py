@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from conftest import sft_stage_context
 from posttrain.adapter_precision import add_adapter_updates_in_float32
 from posttrain.training_settings import bf16_supported
 
@@ -64,17 +65,10 @@ def test_in_float32_the_hook_changes_nothing():
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
 def test_a_training_stage_adds_updates_in_float32_under_bf16_only(tmp_path, precision):
-    from posttrain.model_store import ModelStore
-    from posttrain.progress import ProgressReporter
-    from posttrain.stage import BASE, ResolvedInputs, StageContext
     from posttrain.stages.sft import SFTStage
     from posttrain.training import train
 
-    config = SFTStage.Config(kind="sft", data="builtin:assistant_world/sft", lora={"r": 4}, max_steps=1, batch_size=4,
-                             max_length=64, precision=precision, save_steps=0)
-    store = ModelStore(tmp_path, base="builtin:tiny-chat")
-    ctx = StageContext(name="sft", config=config, stage_dir=tmp_path / "sft", store=store, progress=ProgressReporter(quiet=True),
-                       inputs=ResolvedInputs(parent=store.resolve(BASE)), data=SFTStage.prepare_data(config, {}, 0))
+    ctx = sft_stage_context(tmp_path, precision)
     trainer = SFTStage().build_trainer(ctx)
     history = train(trainer, ctx)
     adapted = [m for m in trainer.model.modules() if hasattr(m, "lora_A") and m.lora_A]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import sft_stage_context
 from posttrain.completion_loss import completion_loss, supports
 from posttrain.data.sources import load_rows
 from posttrain.data.training_data import to_sft_examples
@@ -121,19 +122,12 @@ def test_the_sft_stages_trainer_computes_trls_loss(tmp_path, precision):
     gives the loss TRL's SFTTrainer computes for the same batch, and trains through the completion head."""
     from trl import SFTTrainer
 
-    from posttrain.model_store import ModelStore
-    from posttrain.progress import ProgressReporter
-    from posttrain.stage import BASE, ResolvedInputs, StageContext
     from posttrain.stages.sft import SFTStage
     from posttrain.training_settings import bf16_supported
 
     if precision == "bf16" and not bf16_supported("cpu"):
         pytest.skip("this CPU has no native bf16")
-    config = SFTStage.Config(kind="sft", data="builtin:assistant_world/sft", lora={"r": 4}, max_steps=1, batch_size=4,
-                             max_length=64, precision=precision, save_steps=0)
-    store = ModelStore(tmp_path, base="builtin:tiny-chat")
-    ctx = StageContext(name="sft", config=config, stage_dir=tmp_path / "sft", store=store, progress=ProgressReporter(quiet=True),
-                       inputs=ResolvedInputs(parent=store.resolve(BASE)), data=SFTStage.prepare_data(config, {}, 0))
+    ctx = sft_stage_context(tmp_path, precision)
     trainer = SFTStage().build_trainer(ctx)
     assert isinstance(trainer, SFTTrainer) and type(trainer) is not SFTTrainer
     model = trainer.accelerator.prepare(trainer.model)  # the autocast wrapper training puts around the forward
@@ -150,16 +144,9 @@ def test_a_compiled_model_keeps_trls_loss_path(tmp_path):
     (and crashed on the compiled wrapper), so a torch.compile'd model trains through TRL's own loss."""
     from trl import SFTTrainer
 
-    from posttrain.model_store import ModelStore
-    from posttrain.progress import ProgressReporter
-    from posttrain.stage import BASE, ResolvedInputs, StageContext
     from posttrain.stages.sft import SFTStage
 
-    config = SFTStage.Config(kind="sft", data="builtin:assistant_world/sft", lora={"r": 4}, max_steps=1, batch_size=4,
-                             max_length=64, precision="fp32", save_steps=0)
-    store = ModelStore(tmp_path, base="builtin:tiny-chat")
-    ctx = StageContext(name="sft", config=config, stage_dir=tmp_path / "sft", store=store, progress=ProgressReporter(quiet=True),
-                       inputs=ResolvedInputs(parent=store.resolve(BASE)), data=SFTStage.prepare_data(config, {}, 0))
+    ctx = sft_stage_context(tmp_path, "fp32")
     trainer = SFTStage().build_trainer(ctx)
     model = trainer.model.train()
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))

@@ -333,7 +333,11 @@ def test_two_nodes_of_one_process_each_train_as_one_process_with_the_whole_batch
                                "-m", "posttrain", "run", str(path), "--output", str(two), "--quiet"],
                               cwd=REPO, env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for node in (0, 1)]
-    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:  # a hung rendezvous must not leave the other node's launcher behind
+        for node in nodes:
+            node.kill()
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert [output.count("run directory:") for output in outputs] == [1, 0]  # node 0's rank 0 speaks for the run
     several = manifest(two, "sft")
