@@ -113,6 +113,19 @@ def test_the_rm_workload_trains_the_stage_and_the_plain_script_on_the_same_pairs
     assert theirs["precision"] == "fp32" and theirs["activation_checkpointing"] and not ours["activation_checkpointing"]
 
 
+def test_posttrains_variant_sides_run_the_stage_with_their_one_setting_changed(tmp_path):
+    from posttrain.bench.runner import run_bench
+
+    result = run_bench("embedded", ("rm",), ("posttrain-checkpointing", "posttrain-fp32"), steps=1, repetitions=1,
+                       work_dir=tmp_path / "bench", progress=lambda line: None)
+    runs = {run.side: run for run in result.runs}
+    assert list(runs) == ["posttrain", "posttrain-checkpointing", "posttrain-fp32"]  # no plain script asked for
+    settings = {side: (run.precision, run.extra["activation_checkpointing"]) for side, run in runs.items()}
+    default = runs["posttrain"].precision  # precision: auto, which depends on the CPU
+    assert settings == {"posttrain": (default, False), "posttrain-checkpointing": (default, True), "posttrain-fp32": ("fp32", False)}
+    assert runs["posttrain"].tokens == runs["posttrain-checkpointing"].tokens == runs["posttrain-fp32"].tokens > 0
+
+
 @pytest.mark.slow
 def test_bench_splits_the_embedded_recipes_ppo_iterations_into_their_phases(tmp_path):
     result = run_cli("bench", "--model", "embedded", "--workload", "ppo", "--steps", "2", "--repetitions", "1",
